@@ -1,0 +1,38 @@
+# hf-recycle developer commands. `make test` and `make demo` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# On a machine without CUDA, install the CPU build of torch first (it is what
+# `pip install torch==2.13.0` finds here); elsewhere let pip choose.
+TORCH_CPU ?= torch==2.13.0
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+
+.PHONY: install test lint format bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifneq ($(HAS_CUDA),yes)
+	$(BIN)/python -m pip install -q "$(TORCH_CPU)"
+endif
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check hf_recycle tests benchmarks
+	$(BIN)/ruff format --check hf_recycle tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix hf_recycle tests benchmarks
+	$(BIN)/ruff format hf_recycle tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

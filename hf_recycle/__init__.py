@@ -1,0 +1,52 @@
+"""hf-recycle: optimized merging of the checkpoints a training run leaves behind.
+
+The public API is the list in ``__all__``. Heavy libraries (torch, transformers,
+peft, datasets, evaluate, optuna) load only when a name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hf_recycle._version import __version__
+from hf_recycle.errors import HfRecycleError
+
+__all__ = [
+    "__version__",
+    "HfRecycleError",
+    "merge",
+    "resolve",
+    "score",
+    "search",
+    "run",
+    "Recipe",
+    "RecycleCallback",
+]
+
+# name -> module that defines it; imported on first access.
+_LAZY = {
+    "merge": "hf_recycle.merge.engine",
+    "resolve": "hf_recycle.hub.resolve",
+    "score": "hf_recycle.score.api",
+    "search": "hf_recycle.search.api",
+    "run": "hf_recycle.pipeline",
+    "Recipe": "hf_recycle.recipe",
+    "RecycleCallback": "hf_recycle.callbacks",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hf_recycle.merge.engine import merge
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_recycle' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

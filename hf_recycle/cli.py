@@ -1,0 +1,92 @@
+"""The ``hf-recycle`` command line: a thin layer over the public API.
+
+Each subcommand lives in ``hf_recycle/commands/<name>.py`` and exposes
+``register(subparsers)``, which declares its options (importing nothing heavy), and
+the function it sets as ``func``, which calls the library. User errors
+(:class:`~hf_recycle.errors.HfRecycleError`) are printed as one paragraph without a
+traceback and exit with status 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import textwrap
+
+from hf_recycle._version import __version__
+
+# Subcommands in the order ``--help`` lists them.
+COMMANDS = ["resolve", "merge", "score", "search", "run", "push", "validate", "hub"]
+
+_DESCRIPTION = """\
+Recycle the checkpoints a training run leaves behind: resolve Hub revisions,
+merge full weights and LoRA adapters, score candidates on your tasks, search the
+merge weights with Optuna, and push the best merge with a model card.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-recycle",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hf-recycle {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"hf_recycle.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command that has not landed yet
+            if exc.name == f"hf_recycle.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    root = logging.getLogger("hf_recycle")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _format_error(exc: BaseException) -> str:
+    message = str(exc).strip() or type(exc).__name__
+    lines = message.splitlines()
+    first = textwrap.fill(lines[0], width=100, subsequent_indent="  ")
+    return "\n".join([f"error: {first}", *lines[1:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hf-recycle`` console script; returns the exit status."""
+    from hf_recycle.errors import HfRecycleError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    _configure_logging(args.debug, args.quiet)
+    try:
+        result = args.func(args)
+    except HfRecycleError as exc:
+        if args.debug:
+            raise
+        print(_format_error(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``hf-recycle`` subcommand; see :mod:`hf_recycle.cli`."""

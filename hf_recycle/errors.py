@@ -1,0 +1,106 @@
+"""Typed exceptions of hf-recycle.
+
+Every error derives from :class:`HfRecycleError` and also from the standard-library
+type that fits it, so ``except FileNotFoundError`` keeps working for callers that do
+not know hf-recycle. Messages say what failed, where (file, repo, revision, tensor,
+field) and what to do about it; the command line prints them without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class HfRecycleError(Exception):
+    """Root of every error raised on purpose by hf-recycle."""
+
+
+# --- checkpoints and merging -------------------------------------------------------------
+
+
+class CheckpointNotFoundError(HfRecycleError, FileNotFoundError):
+    """A checkpoint folder or file does not exist, or holds no weights.
+
+    Example: ``checkpoint folder 'runs/ckpt-9' does not exist: pass an existing folder
+    that holds config.json and model.safetensors``.
+    """
+
+
+class CheckpointFormatError(HfRecycleError, ValueError):
+    """A checkpoint folder is malformed (bad index, unreadable config, unsupported adapter)."""
+
+
+class PickleRefusedError(HfRecycleError, PermissionError):
+    """A checkpoint holds only pickle weights (``pytorch_model.bin``) and pickle was not allowed."""
+
+
+class IncompatibleCheckpointsError(HfRecycleError, ValueError):
+    """Checkpoints cannot be merged together: different architectures or tensor names."""
+
+
+class ShapeMismatchError(IncompatibleCheckpointsError):
+    """A tensor has a different shape in two checkpoints.
+
+    Example: ``tensor 'model.embed_tokens.weight' has shape (64, 16) in 'a' but shape
+    (80, 16) in 'b'``.
+    """
+
+
+class MergeConfigError(HfRecycleError, ValueError):
+    """Merge parameters are invalid (weight count, density, method name, dtype...)."""
+
+
+class NonFiniteError(HfRecycleError, ArithmeticError):
+    """A merge produced NaN or Inf values in a tensor."""
+
+
+class OutputExistsError(HfRecycleError, FileExistsError):
+    """The output folder exists and ``overwrite`` was not given."""
+
+
+# --- Hub ----------------------------------------------------------------------------------
+
+
+class SpecError(HfRecycleError, ValueError):
+    """A checkpoint spec string cannot be parsed or expands to nothing."""
+
+
+class HubRepoNotFoundError(HfRecycleError, LookupError):
+    """A Hub repository does not exist, or is private and no token was given."""
+
+
+class HubRevisionNotFoundError(HfRecycleError, LookupError):
+    """A branch, tag or commit does not exist in a Hub repository."""
+
+
+class HubAuthError(HfRecycleError, PermissionError):
+    """The Hub refused the request for lack of (valid) credentials."""
+
+
+class HubPushError(HfRecycleError, RuntimeError):
+    """An upload to the Hub failed; the local output is left intact."""
+
+
+# --- recipes, scoring, search -------------------------------------------------------------
+
+
+class RecipeError(HfRecycleError, ValueError):
+    """A recipe file is invalid. The message lists every problem as ``file:line: field: message``."""
+
+
+class TaskError(HfRecycleError, ValueError):
+    """A scoring task is invalid: missing field, empty split, unknown metric..."""
+
+
+class SearchError(HfRecycleError, ValueError):
+    """A search cannot run as configured (too few checkpoints, bad trial count...)."""
+
+
+class MissingDependencyError(HfRecycleError, ImportError):
+    """An optional package needed for the requested feature is not installed.
+
+    Example: ``sampler 'gp' needs the package 'scipy': pip install scipy``.
+    """
+
+    def __init__(self, package: str, feature: str) -> None:
+        super().__init__(f"{feature} needs the package '{package}': pip install {package}")
+        self.package = package
+        self.feature = feature

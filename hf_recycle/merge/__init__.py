@@ -1,0 +1,1 @@
+"""Merging: lazy tensor sources, merge methods, and the streaming engine."""

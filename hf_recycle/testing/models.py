@@ -1,0 +1,169 @@
+"""Tiny random models and tokenizers, saved like real checkpoints, for tests and demos.
+
+The builders write folders that look exactly like ``save_pretrained`` output (they are
+``save_pretrained`` output): ``config.json``, ``generation_config.json``, tokenizer
+files, and ``model.safetensors`` or sharded ``model-*.safetensors`` with an index.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Character vocabulary of the tiny tokenizer: special tokens, then printable ASCII.
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHARS = list(string.digits + string.ascii_letters + string.punctuation + " \n")
+VOCAB_SIZE = 128  # >= len(SPECIAL_TOKENS) + len(CHARS); padded for nicer shapes
+
+
+def build_char_tokenizer(model_max_length: int = 256):
+    """A character-level ``PreTrainedTokenizerFast`` (one token per character), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def tiny_llama_config(**overrides: Any):
+    """Config of a ~60k-parameter Llama with untied embeddings."""
+    from transformers import LlamaConfig
+
+    kwargs: dict[str, Any] = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def tiny_gpt2_config(**overrides: Any):
+    """Config of a tiny GPT-2 (Conv1D layers, tied embeddings)."""
+    from transformers import GPT2Config
+
+    kwargs: dict[str, Any] = dict(
+        vocab_size=VOCAB_SIZE,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    kwargs.update(overrides)
+    return GPT2Config(**kwargs)
+
+
+def build_model(config, seed: int = 0):
+    """A randomly initialised causal LM for ``config`` (deterministic for ``seed``)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    # Default init leaves some tensors (norms, biases) constant; make every tensor distinct
+    # per seed so that merge tests see real differences everywhere.
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.02)
+    return model.eval()
+
+
+def save_checkpoint(
+    model,
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | int | None = None,
+    tokenizer=None,
+) -> Path:
+    """Save ``model`` in ``dtype`` with ``save_pretrained`` (safetensors), plus a tokenizer."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = model.to(dtype)
+    kwargs: dict[str, Any] = {"safe_serialization": True}
+    if max_shard_size is not None:
+        kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(path, **kwargs)
+    (tokenizer or build_char_tokenizer()).save_pretrained(path)
+    return path
+
+
+def perturb(model, scale: float, seed: int):
+    """A copy-free in-place perturbation: every parameter += scale * N(0, 1) (deterministic)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=gen, dtype=torch.float32).to(param.dtype) * scale)
+    return model
+
+
+def build_pool(
+    root: str | Path,
+    arch: str = "llama",
+    n: int = 3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | int | None = None,
+    scale: float = 0.05,
+    config_overrides: dict[str, Any] | None = None,
+) -> tuple[Path, list[Path]]:
+    """A base checkpoint and ``n`` fine-tunes of it (base + independent noise).
+
+    Returns ``(base_dir, [ckpt_dir, ...])`` under ``root`` (``base``, ``ckpt-0``...).
+    """
+    root = Path(root)
+    config_fn = {"llama": tiny_llama_config, "gpt2": tiny_gpt2_config}[arch]
+    config = config_fn(**(config_overrides or {}))
+    base = build_model(config, seed=seed)
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    base_dir = save_checkpoint(base, root / "base", dtype=dtype, max_shard_size=max_shard_size)
+    ckpts: list[Path] = []
+    for i in range(n):
+        base.load_state_dict(base_state)
+        perturb(base.float(), scale, seed=seed * 1000 + i + 17)
+        ckpts.append(save_checkpoint(base, root / f"ckpt-{i}", dtype=dtype, max_shard_size=max_shard_size))
+        base = base.float()
+    return base_dir, ckpts
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved checkpoint folder (single file or sharded), as saved."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(file))
+    return state
+
+
+def weights_files(path: str | Path) -> Sequence[Path]:
+    """The safetensors files of a checkpoint folder, sorted."""
+    return sorted(Path(path).glob("*.safetensors"))

@@ -1,0 +1,68 @@
+"""Shared fixtures. No test touches the network: the Hub cache, offline flags and
+tokens are pointed at a per-session temporary folder before any HF library loads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_HF_HOME = tempfile.mkdtemp(prefix="hf-recycle-tests-hf-home-")
+for _var, _value in {
+    "HF_HOME": _HF_HOME,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[_var] = _value
+for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+    os.environ.pop(_var, None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hf_recycle.testing import models  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf(monkeypatch, tmp_path):
+    """Point huggingface_hub at a private cache and keep it offline unless a test serves a Hub."""
+    import huggingface_hub.constants as c
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache), raising=False)
+    monkeypatch.setattr(c, "HUGGINGFACE_HUB_CACHE", str(cache), raising=False)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "no-token"), raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def llama_pool(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Base + 3 fine-tunes of a tiny untied Llama, float32, single-file weights."""
+    return models.build_pool(tmp_path_factory.mktemp("llama"), "llama", n=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def llama_pool_sharded(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Base + 3 fine-tunes of a tiny Llama saved in several shards with an index."""
+    return models.build_pool(
+        tmp_path_factory.mktemp("llama-sharded"), "llama", n=3, seed=1, max_shard_size="60KB"
+    )
+
+
+@pytest.fixture(scope="session")
+def llama_pool_bf16(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Base + 3 fine-tunes of a tiny Llama in bfloat16."""
+    return models.build_pool(tmp_path_factory.mktemp("llama-bf16"), "llama", n=3, seed=2, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
+def gpt2_pool(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Base + 3 fine-tunes of a tiny GPT-2 with tied embeddings (no lm_head.weight on disk)."""
+    return models.build_pool(tmp_path_factory.mktemp("gpt2"), "gpt2", n=3, seed=3)
