@@ -104,3 +104,32 @@ class MissingDependencyError(HfRecycleError, ImportError):
         super().__init__(f"{feature} needs the package '{package}': pip install {package}")
         self.package = package
         self.feature = feature
+
+
+class HubUnavailableError(HfRecycleError, ConnectionError):
+    """The Hub endpoint cannot be reached (network down, wrong ``--endpoint``/``HF_ENDPOINT``).
+
+    Example: ``cannot reach the Hub at http://127.0.0.1:9 while resolving 'org/run@main': ...;
+    check the endpoint, or set HF_HUB_OFFLINE=1 to use the local cache``.
+    """
+
+
+# --- LoRA adapters ------------------------------------------------------------------------
+
+
+class UnsupportedAdapterError(CheckpointFormatError):
+    """A PEFT adapter cannot be read as base + ΔW (DoRA, a non-LoRA PEFT type, conv targets...).
+
+    Example: ``adapter 'runs/dora' uses DoRA (use_dora: true): its weight is
+    magnitude · (W + ΔW) / ‖W + ΔW‖, not W + ΔW, so it cannot be combined in delta space;
+    merge it into its base with peft's merge_and_unload() and pass the full checkpoint``.
+    """
+
+
+class AdapterBaseError(MergeConfigError):
+    """A LoRA adapter has no usable base model (none given, or one that does not resolve).
+
+    Example: ``adapter 'runs/lora-1' needs its base model: pass --base (or the recipe's
+    base:); its adapter_config.json names 'meta-llama/Llama-3.2-1B', which is not a local
+    folder``.
+    """

@@ -7,6 +7,7 @@ files, and ``model.safetensors`` or sharded ``model-*.safetensors`` with an inde
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,3 +168,50 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def weights_files(path: str | Path) -> Sequence[Path]:
     """The safetensors files of a checkpoint folder, sorted."""
     return sorted(Path(path).glob("*.safetensors"))
+
+
+def build_lora_adapter(
+    base_dir: str | Path,
+    path: str | Path,
+    *,
+    r: int = 4,
+    lora_alpha: float = 8,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    seed: int = 0,
+    scale: float = 0.1,
+    dtype: torch.dtype = torch.float32,
+    base_model_name_or_path: str | None = None,
+    **lora_kwargs: Any,
+) -> Path:
+    """A real PEFT LoRA adapter over the checkpoint in ``base_dir``, saved with ``save_pretrained``.
+
+    The base is loaded with transformers, wrapped with ``peft.get_peft_model`` and every
+    LoRA factor (and ``modules_to_save`` copy) is set to ``scale * N(0, 1)`` noise so that
+    ΔW ≠ 0. ``lora_kwargs`` go to ``peft.LoraConfig`` (``use_rslora``, ``rank_pattern``,
+    ``alpha_pattern``, ``modules_to_save``, ``fan_in_fan_out``, ``bias``, ``use_dora``...).
+
+    Returns:
+        ``path``, holding ``adapter_config.json`` and ``adapter_model.safetensors``.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), **lora_kwargs)
+    peft_model = get_peft_model(model, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if param.requires_grad:  # LoRA factors, modules_to_save copies, trainable biases
+                noise = torch.randn(param.shape, generator=gen) * scale
+                if "lora_" in name:
+                    param.copy_(noise)
+                else:
+                    param.add_(noise)
+    peft_model.to(dtype).save_pretrained(path)
+    config_file = path / "adapter_config.json"  # save_pretrained fills in the model's own path
+    adapter_config = json.loads(config_file.read_text())
+    adapter_config["base_model_name_or_path"] = base_model_name_or_path
+    config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    return path

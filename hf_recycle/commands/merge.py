@@ -1,0 +1,118 @@
+"""``hf-recycle merge``: merge checkpoints into a new checkpoint folder."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """\
+examples:
+  hf-recycle merge runs/ckpt-1000 runs/ckpt-2000 runs/ckpt-3000 --output merged
+  hf-recycle merge a b --weights 0.7,0.3 --dtype bfloat16 --output merged
+  hf-recycle merge ft-math ft-code --base base --method ties --density 0.5 --output merged
+  hf-recycle merge ft-math ft-code --base base --method dare_ties --density 0.3 --seed 1 --output merged
+"""
+
+METHOD_NAMES = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Declare ``merge`` and its options."""
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge checkpoints (linear, task arithmetic, TIES, DARE) into a new folder",
+        description=(
+            "Merge checkpoint folders tensor by tensor, streaming from disk, into a new checkpoint folder "
+            "(safetensors shards, config, tokenizer, merge_config.json). The folder is written into a "
+            "temporary sibling and renamed into place only when the merge succeeded."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoints", nargs="+", metavar="SPEC", help="checkpoint folders to merge")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create")
+    parser.add_argument(
+        "--method", default="linear", choices=METHOD_NAMES, help="merge method (default: linear)"
+    )
+    parser.add_argument("--weights", metavar="W1,W2,...", help="one weight per checkpoint (default: uniform)")
+    parser.add_argument("--base", metavar="SPEC", help="base checkpoint (needed by the task-vector methods)")
+    parser.add_argument(
+        "--density",
+        type=float,
+        metavar="D",
+        help="fraction of task-vector entries kept, in (0, 1] (ties, dare_*; default 1)",
+    )
+    parser.add_argument(
+        "--lambda",
+        dest="lambda_",
+        type=float,
+        default=1.0,
+        metavar="L",
+        help="scale of the merged task vector (default 1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the DARE masks (default 0)")
+    parser.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, default=None,
+        help="divide by the sum of weights (default: on for linear and ties, off otherwise)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="output dtype (default: that of the inputs)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where to compute (default: CUDA when present)",
+    )
+    parser.add_argument(
+        "--max-shard-size", default="5GB", metavar="SIZE", help="cap on one output shard (default 5GB)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it exists (once the merge succeeded)"
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept pytorch_model.bin inputs (loaded with weights_only=True)",
+    )
+    parser.set_defaults(func=run)
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """``"0.5,0.3,0.2"`` -> ``[0.5, 0.3, 0.2]``."""
+    from hf_recycle.errors import MergeConfigError
+
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise MergeConfigError(
+            f"--weights '{text}' is not a comma-separated list of numbers, like 0.5,0.3,0.2"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the merge described by ``args``."""
+    from hf_recycle.merge.engine import merge
+
+    result = merge(
+        args.checkpoints,
+        args.output,
+        method=args.method,
+        weights=parse_weights(args.weights),
+        base=args.base,
+        density=args.density,
+        lambda_=args.lambda_,
+        seed=args.seed,
+        normalize=args.normalize,
+        dtype=args.dtype,
+        device=args.device,
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle,
+    )
+    print(result.output)
+    return 0

@@ -1,0 +1,71 @@
+"""``hf-recycle score MODEL_SPEC --recipe RECIPE.yaml``: score one model on a recipe's tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EPILOG = """\
+examples:
+  hf-recycle score ./outputs/demo/merged --recipe recipes/demo.yaml
+  hf-recycle score org/run@main:checkpoint-500 --recipe tasks.yaml --split test --json
+
+Only the recipe's tasks: section is read. --json prints
+{"scores": {"<task>": value, ...}, "mean": value}, where mean is the task-weighted
+average with lower-is-better tasks (perplexity) entering as -value.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "score",
+        help="score one model on a recipe's tasks",
+        description="Score one model (local folder or Hub spec) on the tasks of a recipe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model", metavar="MODEL_SPEC", help="local checkpoint folder or Hub spec (one checkpoint)"
+    )
+    parser.add_argument(
+        "--recipe", required=True, metavar="RECIPE.yaml", help="recipe whose tasks: section to score"
+    )
+    parser.add_argument(
+        "--split", choices=("search", "test"), default="search", help="split to score (default: search)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="K", help="score only the first K examples per task"
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="default: bfloat16 on GPU, float32 on CPU",
+    )
+    parser.add_argument("--endpoint", default=None, metavar="URL", help="Hub endpoint for Hub specs")
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_recycle.score.api import score
+
+    report = score(
+        args.model,
+        args.recipe,
+        split=args.split,
+        limit=args.limit,
+        device=args.device,
+        dtype=args.dtype,
+        endpoint=args.endpoint,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    width = max(len(name) for name in report.results)
+    for name, result in report.results.items():
+        direction = "higher is better" if result.higher_is_better else "lower is better"
+        print(f"{name:<{width}}  {result.value:.6g}  ({len(result.per_example)} examples, {direction})")
+    print(f"{'mean':<{width}}  {report.mean:.6g}")
+    return 0

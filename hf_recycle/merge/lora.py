@@ -1,0 +1,591 @@
+"""PEFT LoRA adapters read as full checkpoints: base + ΔW, one tensor at a time.
+
+A LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) over a
+base checkpoint is a :class:`~hf_recycle.merge.sources.TensorSource` like any other: it
+yields the base's tensor names, and for every target module the base tensor plus
+
+    ΔW = s · B @ A,   s = alpha / r   (alpha / √r with ``use_rslora``)
+
+with ``r`` and ``alpha`` taken per module from ``rank_pattern`` / ``alpha_pattern``,
+transposed for ``fan_in_fan_out`` layers (GPT-2 ``Conv1D``, stored as (in, out)) and for
+embeddings (``lora_embedding_A`` is (r, num_embeddings), ``lora_embedding_B`` is
+(dim, r)). Tensors saved whole in the adapter (``modules_to_save``, trained biases with
+``bias: all``) replace the base tensor. ΔW is computed per tensor, for the rows asked,
+when the engine reads it; the whole model is never materialised.
+
+Only safetensors and json are needed here: peft is not imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_recycle.errors import (
+    AdapterBaseError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    IncompatibleCheckpointsError,
+    PickleRefusedError,
+    ShapeMismatchError,
+    UnsupportedAdapterError,
+)
+from hf_recycle.merge.sources import TensorSource
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_SAFETENSORS = "adapter_model.safetensors"
+ADAPTER_PICKLE = "adapter_model.bin"
+PEFT_PREFIX = "base_model.model."
+
+# LoraConfig fields that turn LoRA into something that is not W + s·B@A, with the reason.
+_NONLINEAR_VARIANTS = {
+    "use_dora": "DoRA (use_dora: true): its weight is magnitude · (W + ΔW) / ‖W + ΔW‖, not W + ΔW",
+    "alora_invocation_tokens": "aLoRA (alora_invocation_tokens): its delta applies only after the invocation tokens",
+    "use_qalora": "QA-LoRA (use_qalora: true): its A acts on pooled groups of inputs, not on W",
+    "velora_config": "VeLoRA (velora_config): its update is not a fixed B @ A product",
+    "monteclora_config": "MonteCLoRA (monteclora_config): its factors are sampled, not fixed",
+    "use_bdlora": "BD-LoRA (use_bdlora): its factors are block-diagonal shards",
+    "arrow_config": "Arrow (arrow_config): it routes between several LoRAs per token",
+    "kasa_config": "KaSA (kasa_config): it adds a singular-value update of W",
+    "target_parameters": "LoRA on raw parameters (target_parameters)",
+    "layer_replication": "layer_replication: the adapted model has more layers than the base",
+    "trainable_token_indices": "trainable tokens (trainable_token_indices)",
+}
+_LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
+
+
+def is_adapter_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a PEFT adapter (an ``adapter_config.json``)."""
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """``patterns[k]`` for the first key ``k`` matching ``module`` as peft matches it, else ``default``."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return patterns[key]
+    return default
+
+
+@dataclass(frozen=True)
+class LoraAdapterConfig:
+    """The fields of ``adapter_config.json`` that define ΔW, validated.
+
+    Attributes:
+        r: Default rank.
+        lora_alpha: Default alpha.
+        use_rslora: Scaling alpha/√r instead of alpha/r.
+        fan_in_fan_out: Linear targets store their weight as (in, out) (GPT-2 ``Conv1D``).
+        lora_bias: ``lora_B`` has a bias, added (scaled) to the base bias.
+        rank_pattern: Per-module ranks (regex key → rank), as peft matches them.
+        alpha_pattern: Per-module alphas.
+        base_model_name_or_path: The base the adapter names, if any.
+        raw: The whole parsed file.
+    """
+
+    r: int
+    lora_alpha: float
+    use_rslora: bool = False
+    fan_in_fan_out: bool = False
+    lora_bias: bool = False
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    base_model_name_or_path: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def rank(self, module: str) -> int:
+        """Rank of ``module`` (a module path such as ``model.layers.0.self_attn.q_proj``)."""
+        return int(_pattern_value(self.rank_pattern, module, self.r))
+
+    def alpha(self, module: str) -> float:
+        """Alpha of ``module``."""
+        return float(_pattern_value(self.alpha_pattern, module, self.lora_alpha))
+
+    def scaling(self, module: str) -> float:
+        """The factor s of ΔW = s · B @ A for ``module``."""
+        r = self.rank(module)
+        return self.alpha(module) / (math.sqrt(r) if self.use_rslora else r)
+
+
+def read_adapter_config(folder: str | Path, name: str | None = None) -> LoraAdapterConfig:
+    """Parse and validate the ``adapter_config.json`` of a LoRA adapter folder.
+
+    Raises:
+        CheckpointNotFoundError: The folder has no ``adapter_config.json``.
+        CheckpointFormatError: The file is not valid JSON or lacks ``r`` / ``lora_alpha``.
+        UnsupportedAdapterError: The adapter is not plain LoRA (another PEFT type, DoRA...).
+    """
+    folder = Path(folder)
+    name = name or str(folder)
+    file = folder / ADAPTER_CONFIG
+    if not file.is_file():
+        raise CheckpointNotFoundError(f"adapter '{name}' has no {ADAPTER_CONFIG} in {folder}")
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointFormatError(f"cannot read {file} of adapter '{name}': {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointFormatError(f"{file} of adapter '{name}' is not a JSON object")
+    peft_type = str(raw.get("peft_type", "")).upper()
+    if peft_type != "LORA":
+        raise UnsupportedAdapterError(
+            f"adapter '{name}' is a PEFT {peft_type or 'adapter without peft_type'}, not LORA: only LoRA "
+            "adapters are linear weight deltas (W + s·B@A) that can be combined with other checkpoints; "
+            "merge it into its base with peft's merge_and_unload() and pass the resulting full checkpoint"
+        )
+    for key, reason in _NONLINEAR_VARIANTS.items():
+        if raw.get(key):
+            raise UnsupportedAdapterError(
+                f"adapter '{name}' uses {reason}, so it cannot be combined in delta space; merge it into "
+                "its base with peft's merge_and_unload() and pass the resulting full checkpoint"
+            )
+    try:
+        r = int(raw["r"])
+        alpha = float(raw.get("lora_alpha", r))
+        rank_pattern = {str(k): int(v) for k, v in (raw.get("rank_pattern") or {}).items()}
+        alpha_pattern = {str(k): float(v) for k, v in (raw.get("alpha_pattern") or {}).items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointFormatError(
+            f"{file} of adapter '{name}' has no valid r / lora_alpha / rank_pattern / alpha_pattern ({exc!r})"
+        ) from exc
+    return LoraAdapterConfig(
+        r=r,
+        lora_alpha=alpha,
+        use_rslora=bool(raw.get("use_rslora", False)),
+        fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
+        lora_bias=bool(raw.get("lora_bias", False)),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        base_model_name_or_path=raw.get("base_model_name_or_path") or None,
+        raw=raw,
+    )
+
+
+def adapter_base_spec(folder: str | Path, base: str | None, name: str | None = None) -> str:
+    """The base checkpoint spec an adapter merges onto.
+
+    ``base`` (``--base`` or the recipe's ``base:``) when given; otherwise the adapter's
+    ``base_model_name_or_path`` (a local folder or a Hub id, resolved like any spec).
+
+    Raises:
+        AdapterBaseError: No base was given and the adapter names none.
+    """
+    if base:
+        return base
+    name = name or str(folder)
+    named = read_adapter_config(folder, name).base_model_name_or_path
+    if named:
+        return named
+    raise AdapterBaseError(
+        f"adapter '{name}' needs the base model it was trained on: pass --base SPEC (or the recipe's "
+        f"base:); its {ADAPTER_CONFIG} names no base_model_name_or_path"
+    )
+
+
+def base_unavailable(name: str, spec: str, reason: BaseException) -> AdapterBaseError:
+    """The error for an adapter whose named base cannot be opened."""
+    return AdapterBaseError(
+        f"adapter '{name}' needs the base model it was trained on: its {ADAPTER_CONFIG} names '{spec}', "
+        f"which cannot be opened ({reason}); pass --base SPEC (or the recipe's base:)"
+    )
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One LoRA target of an adapter, mapped onto a base tensor.
+
+    Attributes:
+        module: The module path in the adapter (``model.layers.0.self_attn.q_proj``).
+        target: The base tensor it changes (``model.layers.0.self_attn.q_proj.weight``).
+        kind: ``"linear"`` or ``"embedding"``.
+        a_key: Adapter tensor holding A (``lora_A.weight`` or ``lora_embedding_A``).
+        b_key: Adapter tensor holding B.
+        rank: r of this module.
+        scaling: s of this module.
+        transposed: The base tensor is stored (in, out): ``fan_in_fan_out`` or embedding.
+        bias_key: Adapter tensor holding ``lora_B.bias`` (``lora_bias``), if any.
+    """
+
+    module: str
+    target: str
+    kind: str
+    a_key: str
+    b_key: str
+    rank: int
+    scaling: float
+    transposed: bool
+    bias_key: str | None = None
+
+
+class _AdapterTensors:
+    """The tensors of ``adapter_model.safetensors`` (or, when allowed, ``adapter_model.bin``)."""
+
+    def __init__(self, folder: Path, name: str, allow_pickle: bool) -> None:
+        file = folder / ADAPTER_SAFETENSORS
+        self._handle = None
+        self._tensors: dict[str, torch.Tensor] = {}
+        if file.is_file():
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(file), framework="pt")
+            except Exception as exc:  # safetensors raises its own error types
+                raise CheckpointFormatError(
+                    f"{file} of adapter '{name}' is not a readable safetensors file ({exc}): re-save it"
+                ) from exc
+            self._keys = list(self._handle.keys())
+            return
+        pickled = folder / ADAPTER_PICKLE
+        if not pickled.is_file():
+            raise CheckpointNotFoundError(
+                f"adapter '{name}' has no {ADAPTER_SAFETENSORS} in {folder}: save it with "
+                "save_pretrained (safetensors is the default)"
+            )
+        if not allow_pickle:
+            raise PickleRefusedError(
+                f"adapter '{name}' holds only {ADAPTER_PICKLE} (pickle); re-save it as safetensors, or "
+                "allow pickle inputs (loaded with torch.load(weights_only=True))"
+            )
+        try:
+            state = torch.load(pickled, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointFormatError(f"cannot load {pickled} of adapter '{name}': {exc}") from exc
+        self._tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        self._keys = list(self._tensors)
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._handle is not None:
+            return tuple(self._handle.get_slice(key).get_shape())
+        return tuple(self._tensors[key].shape)
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._handle is not None:
+            return self._handle.get_tensor(key)
+        return self._tensors[key]
+
+    def dtype(self, key: str) -> torch.dtype:
+        return (
+            self.get(key).dtype
+            if self._handle is None
+            else _SAFETENSORS_DTYPE[self._handle.get_slice(key).get_dtype()]
+        )
+
+    def close(self) -> None:
+        self._handle = None
+        self._tensors = {}
+
+
+_SAFETENSORS_DTYPE = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class SharedBase(TensorSource):
+    """A base checkpoint shared by several adapters, remembering the last tensor read.
+
+    The engine reads tensor ``k`` from every input before moving to the next, so the
+    adapters over one base read each base tensor (or block of rows) from disk once.
+
+    Args:
+        inner: The base checkpoint.
+    """
+
+    def __init__(self, inner: TensorSource) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.path = inner.path
+        self.config = inner.config
+        self._last: tuple[tuple[str, Any, str], torch.Tensor] | None = None
+
+    def keys(self) -> list[str]:
+        return self.inner.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.inner.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.inner.dtype(key)
+
+    def read(self, key: str, rows: slice | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+        tag = (key, None if rows is None else (rows.start, rows.stop, rows.step), str(torch.device(device)))
+        if self._last is not None and self._last[0] == tag:
+            return self._last[1]
+        tensor = self.inner.read(key, rows, device)
+        self._last = (tag, tensor)
+        return tensor
+
+    def close(self) -> None:
+        self._last = None
+        self.inner.close()
+
+
+class LoraSource(TensorSource):
+    """A LoRA adapter over its base, yielding the base's tensors with ΔW added.
+
+    Tensors the adapter does not touch are the base's, as stored. Tensors it changes are
+    returned in float32: base (or the adapter's saved replacement) + s · B @ A.
+
+    Args:
+        path: The adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+        base: The base checkpoint; pass one :class:`SharedBase` to every adapter over the
+            same base so its tensors are read once.
+        name: How the user named the adapter (defaults to the path).
+        allow_pickle: Accept ``adapter_model.bin`` (loaded with ``weights_only=True``).
+
+    Raises:
+        UnsupportedAdapterError: Not plain LoRA, or a target that is not linear/embedding.
+        ShapeMismatchError: The adapter does not fit the base's shapes.
+        IncompatibleCheckpointsError: An adapter module has no tensor in the base.
+    """
+
+    def __init__(
+        self, path: str | Path, base: TensorSource, name: str | None = None, allow_pickle: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or str(path)
+        self.base = base
+        self.config = base.config
+        self.adapter_config = read_adapter_config(self.path, self.name)
+        self._tensors = _AdapterTensors(self.path, self.name, allow_pickle)
+        self._base_keys = set(base.keys())
+        self.modules: dict[str, LoraModule] = {}
+        self.replaced: dict[str, str] = {}  # base tensor -> adapter tensor
+        self.replaced_modules: dict[str, str] = {}  # base tensor -> adapter module path
+        self._bias_deltas: dict[str, LoraModule] = {}  # base bias tensor -> module with lora_B.bias
+        self._parse()
+        self._cache: tuple[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None
+        logger.debug(
+            "adapter '%s': %d LoRA modules, %d replaced tensors over base '%s'",
+            self.name,
+            len(self.modules),
+            len(self.replaced),
+            base.name,
+        )
+
+    # --- parsing -----------------------------------------------------------------------
+
+    def _base_key(self, name: str, what: str) -> str:
+        """The base tensor that adapter tensor/module ``name`` (+ ``.weight``...) refers to."""
+        if name in self._base_keys:
+            return name
+        parts = name.split(".")
+        for i in range(1, len(parts) - 1):  # the adapter names a wrapper the base lacks
+            candidate = ".".join(parts[i:])
+            if candidate in self._base_keys:
+                return candidate
+        matches = [k for k in self._base_keys if k.endswith("." + name)]  # the base has a prefix
+        if len(matches) == 1:
+            return matches[0]
+        raise IncompatibleCheckpointsError(
+            f"adapter '{self.name}' changes {what} '{name}', but base '{self.base.name}' has no tensor of that "
+            "name: pass the base model this adapter was trained on (--base)"
+        )
+
+    def _parse(self) -> None:
+        cfg = self.adapter_config
+        parts_by_module: dict[str, dict[str, str]] = {}
+        for key in self._tensors.keys():
+            name = key.removeprefix(PEFT_PREFIX)
+            parts = name.split(".")
+            if "lora_magnitude_vector" in parts:
+                raise UnsupportedAdapterError(
+                    f"adapter '{self.name}' holds DoRA magnitudes ('{key}'): DoRA is not W + ΔW, so it cannot "
+                    "be combined in delta space; merge it with peft's merge_and_unload() and pass the full model"
+                )
+            if any(p in ("token_adapter", "trainable_tokens_delta") for p in parts):
+                raise UnsupportedAdapterError(
+                    f"adapter '{self.name}' holds trainable-token deltas ('{key}'), which are not supported; "
+                    "merge it with peft's merge_and_unload() and pass the full model"
+                )
+            lora_at = next((i for i, p in enumerate(parts) if p in _LORA_PARTS), None)
+            if lora_at is not None:
+                module = ".".join(parts[:lora_at])
+                part = parts[lora_at]
+                rest = parts[lora_at + 1 :]
+                if rest and rest[-1] == "bias":
+                    part = "lora_B.bias"
+                parts_by_module.setdefault(module, {})[part] = key
+                continue
+            if "original_module" in parts:  # old peft also saved the untouched copy
+                continue
+            if "modules_to_save" in parts:  # old format: <module>.modules_to_save.<adapter>.<param>
+                i = parts.index("modules_to_save")
+                parts = parts[:i] + parts[i + 2 :]
+            module_parts = [p for p in parts if p != "base_layer"]
+            target = self._base_key(".".join(module_parts), "tensor")
+            self._check_shape(target, self._tensors.shape(key), key)
+            self.replaced[target] = key
+            self.replaced_modules[target] = ".".join(module_parts[:-1])
+        for module, found in parts_by_module.items():
+            self._add_module(module, found, cfg)
+
+    def _check_shape(self, target: str, got: tuple[int, ...], what: str) -> None:
+        want = tuple(self.base.shape(target))
+        if tuple(got) != want:
+            raise ShapeMismatchError(
+                f"adapter '{self.name}' does not fit base '{self.base.name}': {what} gives tensor '{target}' "
+                f"shape {tuple(got)}, but the base has {want}; pass the base model this adapter was trained "
+                "on (--base)"
+            )
+
+    def _add_module(self, module: str, found: dict[str, str], cfg: LoraAdapterConfig) -> None:
+        if "lora_A" in found or "lora_B" in found:
+            kind, a_part, b_part = "linear", "lora_A", "lora_B"
+        else:
+            kind, a_part, b_part = "embedding", "lora_embedding_A", "lora_embedding_B"
+        if a_part not in found or b_part not in found:
+            raise CheckpointFormatError(
+                f"adapter '{self.name}' has only one of {a_part}/{b_part} for module '{module}': re-save it"
+            )
+        a_shape = self._tensors.shape(found[a_part])
+        b_shape = self._tensors.shape(found[b_part])
+        if len(a_shape) != 2 or len(b_shape) != 2:
+            raise UnsupportedAdapterError(
+                f"adapter '{self.name}' targets '{module}' with {len(a_shape)}-d factors (a convolution?): only "
+                "linear, Conv1D and embedding targets are supported; merge it with merge_and_unload() first"
+            )
+        rank = a_shape[0]
+        if b_shape[1] != rank:
+            raise CheckpointFormatError(
+                f"adapter '{self.name}' module '{module}': {b_part} {b_shape} and {a_part} {a_shape} disagree on r"
+            )
+        if cfg.rank(module) != rank:
+            raise CheckpointFormatError(
+                f"adapter '{self.name}' module '{module}' has rank {rank} on disk but adapter_config.json gives "
+                f"r={cfg.rank(module)} (r / rank_pattern): fix the config so the scaling is right"
+            )
+        target = self._base_key(f"{module}.weight", "module")
+        transposed = kind == "embedding" or cfg.fan_in_fan_out
+        # linear: ΔW = B @ A is (out, in); transposed layouts store (B @ A).T
+        want = (a_shape[1], b_shape[0]) if transposed else (b_shape[0], a_shape[1])
+        base_shape = tuple(self.base.shape(target))
+        if base_shape != want:
+            flip = ""
+            if kind == "linear" and base_shape == want[::-1]:
+                flip = f" (transposed: check fan_in_fan_out in {ADAPTER_CONFIG})"
+            raise ShapeMismatchError(
+                f"adapter '{self.name}' does not fit base '{self.base.name}': module '{module}' has ΔW of shape "
+                f"{want} but base tensor '{target}' is {base_shape}{flip}; pass the base model this adapter "
+                "was trained on (--base)"
+            )
+        bias_key = found.get("lora_B.bias")
+        lora_module = LoraModule(
+            module=module,
+            target=target,
+            kind=kind,
+            a_key=found[a_part],
+            b_key=found[b_part],
+            rank=rank,
+            scaling=cfg.scaling(module),
+            transposed=transposed,
+            bias_key=bias_key,
+        )
+        self.modules[target] = lora_module
+        if bias_key is not None:
+            bias_target = self._base_key(f"{module}.bias", "bias of module")
+            self._check_shape(bias_target, self._tensors.shape(bias_key), bias_key)
+            self._bias_deltas[bias_target] = lora_module
+
+    # --- TensorSource ------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        return self.base.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.base.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        if key in self.modules or key in self._bias_deltas:
+            return torch.float32
+        if key in self.replaced:
+            return self._tensors.dtype(self.replaced[key])
+        return self.base.dtype(key)
+
+    def adapter_dtype(self, name: str) -> torch.dtype:
+        """Stored dtype of tensor ``name`` of the adapter file."""
+        return self._tensors.dtype(name)
+
+    def changes(self, key: str) -> bool:
+        """Whether the adapter changes tensor ``key`` of the base (ΔW, bias or replacement)."""
+        return key in self.modules or key in self.replaced or key in self._bias_deltas
+
+    def factors(self, key: str, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U, V)`` in float32 on ``device`` with ΔW = U @ V in the base tensor's layout.
+
+        The scaling s is folded into U. For a plain linear U = s·B, V = A; for
+        ``fan_in_fan_out`` and embeddings (stored (in, out)) U = s·Aᵀ, V = Bᵀ.
+        """
+        mod = self.modules[key]
+        tag = (key, str(torch.device(device)))
+        if self._cache is not None and self._cache[0] == tag:
+            return self._cache[1]
+        a = self._tensors.get(mod.a_key).to(device=device, dtype=torch.float32)
+        b = self._tensors.get(mod.b_key).to(device=device, dtype=torch.float32)
+        u, v = (a.T * mod.scaling, b.T) if mod.transposed else (b * mod.scaling, a)
+        self._cache = (tag, (u, v))
+        return u, v
+
+    def delta(
+        self, key: str, rows: slice | None = None, device: str | torch.device = "cpu"
+    ) -> torch.Tensor | None:
+        """ΔW of tensor ``key`` (rows ``rows``) in float32, or None when the adapter does not target it."""
+        if key in self.modules:
+            u, v = self.factors(key, device)
+            return (u if rows is None else u[rows]) @ v
+        if key in self._bias_deltas:
+            mod = self._bias_deltas[key]
+            bias = self._tensors.get(mod.bias_key).to(device=device, dtype=torch.float32) * mod.scaling
+            return bias if rows is None else bias[rows]
+        return None
+
+    def replacement(
+        self, key: str, rows: slice | None = None, device: str | torch.device = "cpu"
+    ) -> torch.Tensor | None:
+        """The tensor the adapter saved whole in place of base tensor ``key``, or None."""
+        if key not in self.replaced:
+            return None
+        tensor = self._tensors.get(self.replaced[key])
+        if rows is not None and tensor.dim() > 0:
+            tensor = tensor[rows]
+        return tensor.to(device)
+
+    def read(self, key: str, rows: slice | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+        if not self.changes(key):
+            return self.base.read(key, rows, device)
+        value = self.replacement(key, rows, device)
+        if value is None:
+            value = self.base.read(key, rows, device)
+        value = value.to(dtype=torch.float32, copy=True)
+        if key in self.modules:
+            u, v = self.factors(key, device)
+            u = u if rows is None else u[rows]
+            value = value.view(u.shape[0], v.shape[1]).addmm_(u, v).view(value.shape)
+        elif key in self._bias_deltas:
+            value += self.delta(key, rows, device)
+        return value
+
+    def close(self) -> None:
+        self._cache = None
+        self._tensors.close()
+        self.base.close()

@@ -1,0 +1,342 @@
+"""``hf_recycle.search``: optimize the weights of a merge of many checkpoints (Khalifa et al. 2024).
+
+:func:`search` resolves the recipe's checkpoints, keeps them resident, runs (or
+resumes) an Optuna study whose trials write candidate merges into one live model
+and score them on the tasks' search splits, then scores the winner and the baselines
+on the test splits and writes ``results.json``, ``results.md`` and plots into the
+output folder. :func:`create_study` makes the study in a shared storage before
+several workers start.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf_recycle.errors import SearchError
+from hf_recycle.search.objective import Scorer, TrialObjective, macro_mean, score_all
+from hf_recycle.search.space import SearchSpace, group_tensors
+from hf_recycle.search.study import (
+    StudyConfig,
+    create_or_load_study,
+    default_storage_url,
+    finished_count,
+    make_sampler,
+    open_storage,
+    redact_url,
+    run_worker,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["search", "create_study", "SearchSetup"]
+
+
+@dataclass
+class SearchSetup:
+    """A recipe resolved into what a search worker needs (sources opened, nothing scored).
+
+    Attributes:
+        recipe: The recipe.
+        base_dir: Folder that relative task paths resolve against.
+        pins: The pinned checkpoints, in order.
+        inputs: The opened checkpoint (and base) sources.
+        space: The search space.
+        config: The study configuration (stored in the study and checked on resume).
+        storage_url: The Optuna storage URL.
+        study_name: The study name.
+        output_dir: Where results go.
+        trials: Finished trials the study should hold.
+        normalize: Normalization of the candidate merges.
+    """
+
+    recipe: Any
+    base_dir: Path
+    pins: list[Any]
+    inputs: Any
+    space: SearchSpace
+    config: StudyConfig
+    storage_url: str
+    study_name: str
+    output_dir: Path
+    trials: int
+    normalize: bool
+
+    def close(self) -> None:
+        """Close the checkpoint sources."""
+        self.inputs.close()
+
+
+def _load_recipe(recipe: Any, base_dir: str | Path | None) -> tuple[Any, Path]:
+    from hf_recycle.recipe import Recipe
+
+    if isinstance(recipe, str | Path):
+        path = Path(recipe)
+        return Recipe.from_yaml(path), Path(base_dir) if base_dir else path.resolve().parent
+    return recipe, Path(base_dir) if base_dir else Path.cwd()
+
+
+def _task_info(recipe: Any, scorers: Sequence[Scorer] | None) -> tuple[list[str], list[bool]]:
+    if scorers is not None:
+        return [s.name for s in scorers], [bool(s.higher_is_better) for s in scorers]
+    return [t.name for t in recipe.tasks], [bool(t.larger_is_better) for t in recipe.tasks]
+
+
+def prepare(
+    recipe: Any,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    output_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    scorers: Sequence[Scorer] | None = None,
+) -> SearchSetup:
+    """Validate the search settings, fetch and open the checkpoints, and define the space.
+
+    Raises:
+        SearchError: Fewer than 2 checkpoints, trials <= 0 or fewer than the baselines
+            need, ``pareto`` with one task, no task at all.
+        IncompatibleCheckpointsError: Checkpoints of different architectures.
+    """
+    from hf_recycle.hub.download import fetch_checkpoints
+    from hf_recycle.merge.engine import align_tied_heads
+    from hf_recycle.merge.inputs import open_inputs
+    from hf_recycle.merge.methods import get_method
+    from hf_recycle.search.resident import _check_compatible
+
+    recipe, base_dir = _load_recipe(recipe, base_dir)
+    spec = recipe.search
+    n_trials = spec.trials if trials is None else int(trials)
+    if n_trials <= 0:
+        raise SearchError(f"trials must be a positive number, got {n_trials}: pass --trials N with N >= 1")
+    tasks, directions = _task_info(recipe, scorers)
+    if not tasks:
+        raise SearchError(f"recipe '{recipe.name}' has no tasks: a search needs at least one task to score candidates")
+    if spec.objective == "pareto" and len(tasks) < 2:
+        raise SearchError("objective 'pareto' needs at least 2 tasks (one objective per task): add a task or use objective 'mean'")
+    if spec.pruning and spec.objective == "pareto":
+        raise SearchError("pruning works with objective 'mean' only (Optuna cannot prune multi-objective trials)")
+    if len(recipe.checkpoints) == 0:
+        raise SearchError(f"recipe '{recipe.name}' lists no checkpoints: a merge search needs at least 2")
+    fetched = fetch_checkpoints(recipe.checkpoints, endpoint=recipe.endpoint)
+    if len(fetched) < 2:
+        raise SearchError(
+            f"a merge search needs at least 2 checkpoints, the recipe's specs give {len(fetched)}: add checkpoints"
+        )
+    pins = [pin for pin, _ in fetched]
+    base_path = None
+    method = get_method(recipe.merge.method)
+    if recipe.base is not None and method.needs_base:
+        base_path = str(fetch_checkpoints([recipe.base], endpoint=recipe.endpoint)[0][1])
+    inputs = open_inputs([str(path) for _, path in fetched], base_path)
+    try:
+        inputs.checkpoints, _ = align_tied_heads(inputs.checkpoints)
+        keys = _check_compatible(inputs.checkpoints, inputs.base)
+        groups, _ = group_tensors(keys, spec.layers_per_group)
+        space = SearchSpace(
+            n_checkpoints=len(pins),
+            groups=tuple(groups),
+            parameterization=spec.weights,
+            search_density=bool(spec.search_density and method.uses_density),
+            default_density=recipe.merge.density,
+        )
+        if recipe.merge.normalize is not None:
+            normalize = bool(recipe.merge.normalize)
+        elif method.name == "linear":
+            normalize = spec.weights == "simplex"
+        else:
+            normalize = method.default_normalize
+        config = StudyConfig(
+            space=space,
+            checkpoints=[pin.pinned_spec() for pin in pins],
+            tasks=tasks,
+            directions=directions,
+            objective=spec.objective,
+            method={
+                "method": method.name,
+                "lambda": recipe.merge.lambda_,
+                "normalize": normalize,
+                "density": recipe.merge.density,
+                "seed": recipe.merge.seed,
+            },
+            baselines=tuple(dict.fromkeys(spec.baselines)),
+        )
+        needed = config.baseline_trials()
+        if n_trials < needed:
+            raise SearchError(
+                f"trials ({n_trials}) is below the {needed} trials the baselines may take with {len(pins)} "
+                f"checkpoints ({', '.join(config.baselines)}): raise --trials, or drop baselines in search.baselines"
+            )
+    except BaseException:
+        inputs.close()
+        raise
+    out = Path(output_dir) if output_dir else recipe.output_dir
+    return SearchSetup(
+        recipe=recipe,
+        base_dir=base_dir,
+        pins=pins,
+        inputs=inputs,
+        space=space,
+        config=config,
+        storage_url=storage or spec.storage or default_storage_url(out),
+        study_name=study or spec.study or recipe.name,
+        output_dir=out,
+        trials=n_trials,
+        normalize=normalize,
+    )
+
+
+def create_study(
+    recipe: Any,
+    *,
+    storage: str | None = None,
+    study: str | None = None,
+    output_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    scorers: Sequence[Scorer] | None = None,
+) -> str:
+    """Create the recipe's study in its storage (once, before several workers start); return its name."""
+    setup = prepare(recipe, storage=storage, study=study, output_dir=output_dir, base_dir=base_dir, scorers=scorers)
+    try:
+        create_or_load_study(open_storage(setup.storage_url, None), setup.study_name, setup.config)
+        return setup.study_name
+    finally:
+        setup.close()
+
+
+def search(
+    recipe: Any,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    output_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    scorers: Sequence[Scorer] | None = None,
+    test_scorers: Sequence[Scorer] | None = None,
+    heartbeat_interval: int | None = 30,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """Search the merge weights of a recipe's checkpoints; resume the study when it exists.
+
+    Args:
+        recipe: A :class:`~hf_recycle.recipe.Recipe` or the path of a recipe file.
+        trials: Finished trials the study should hold, baselines included (default: ``search.trials``).
+        storage: Optuna storage URL (default: ``search.storage``, else ``<output>/study.db``).
+        study: Study name (default: ``search.study``, else the recipe's name).
+        output_dir: Where results go (default: the recipe's output dir).
+        base_dir: Folder that task data paths resolve against (default: the recipe file's folder).
+        device: Where the live model runs (default: ``merge.device``).
+        progress: Show a progress bar with the best score so far.
+        scorers: Search-split scorers to use instead of building them from ``recipe.tasks``.
+        test_scorers: Test-split scorers to use with ``scorers`` (``None``: no test scores).
+        heartbeat_interval: Seconds between heartbeats of running trials (RDB storages).
+        n_boot: Resamples of the paired bootstrap.
+
+    Returns:
+        The content written to ``results.json``.
+    """
+    import optuna
+
+    setup = prepare(
+        recipe, trials=trials, storage=storage, study=study, output_dir=output_dir, base_dir=base_dir, scorers=scorers
+    )
+    recipe = setup.recipe
+    spec = recipe.search
+    try:
+        from hf_recycle.search.resident import ResidentModel
+
+        _, group_of = group_tensors(list(_all_keys(setup.inputs.checkpoints)), spec.layers_per_group)
+        resident = ResidentModel(
+            setup.inputs.checkpoints,
+            base=setup.inputs.base,
+            method=recipe.merge.method,
+            lambda_=recipe.merge.lambda_,
+            normalize=setup.normalize,
+            seed=recipe.merge.seed,
+            dtype=recipe.merge.dtype,
+            device=device or recipe.merge.device,
+            group_of=group_of,
+        )
+        if scorers is None:
+            scorers, test_scorers = _build_scorers(recipe, setup)
+        storage_obj = open_storage(setup.storage_url, heartbeat_interval)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        created = create_or_load_study(storage_obj, setup.study_name, setup.config)
+        n_existing = len(created.get_trials(deepcopy=False))
+        sampler = make_sampler(
+            spec.sampler, setup.space, seed=spec.seed + n_existing, n_objectives=len(setup.config.optuna_directions), trials=setup.trials
+        )
+        pruner = (
+            optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+            if spec.pruning
+            else optuna.pruners.NopPruner()
+        )
+        study_obj = optuna.load_study(study_name=setup.study_name, storage=storage_obj, sampler=sampler, pruner=pruner)
+        objective = TrialObjective(
+            setup.space, resident, scorers, spec.objective, spec.pruning_fraction if spec.pruning else None
+        )
+        _run_with_progress(study_obj, setup, objective, progress)
+        from hf_recycle.search.results import build_results
+
+        return build_results(study_obj, setup, resident, scorers, test_scorers, n_boot=n_boot)
+    finally:
+        setup.close()
+
+
+def _all_keys(sources: Sequence[Any]) -> list[str]:
+    return list(sources[0].keys())
+
+
+def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[list[Any], list[Any] | None]:
+    from transformers import AutoTokenizer
+
+    from hf_recycle.score.scorer import build_scorers
+
+    tokenizer = AutoTokenizer.from_pretrained(str(setup.inputs.checkpoints[0].path))
+    search_scorers = build_scorers(recipe.tasks, tokenizer, "search", setup.base_dir)
+    missing = [t.name for t in recipe.tasks if t.test_split is None]
+    if missing:
+        logger.warning("task(s) %s have no test_split: the final report has no test scores", ", ".join(missing))
+        return search_scorers, None
+    return search_scorers, build_scorers(recipe.tasks, tokenizer, "test", setup.base_dir)
+
+
+def _run_with_progress(study: Any, setup: SearchSetup, objective: TrialObjective, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    start = finished_count(study.get_trials(deepcopy=False))
+    bar = tqdm(total=setup.trials, initial=min(start, setup.trials), desc="search", unit="trial", disable=not progress)
+
+    def on_trial(study_: Any, trial: Any) -> None:
+        trials_ = study_.get_trials(deepcopy=False)
+        bar.n = min(finished_count(trials_), setup.trials)
+        means = [t.user_attrs["mean"] for t in trials_ if "mean" in t.user_attrs and t.state.name == "COMPLETE"]
+        if means:
+            bar.set_postfix(best=f"{max(means):.4g}")
+        bar.refresh()
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            run_worker(study, setup.config, objective, setup.trials, on_trial=on_trial)
+    finally:
+        bar.close()
+
+
+def evaluate_weights(resident: Any, scorers: Sequence[Scorer], weights: np.ndarray, density: float | None) -> dict:
+    """Write ``weights`` into the resident model and score it: task name -> result."""
+    resident.set_weights(np.asarray(weights), density)
+    return score_all(resident, scorers)
+
+
+__all__ += ["prepare", "evaluate_weights", "macro_mean", "redact_url"]

@@ -1,0 +1,108 @@
+"""The trial objective: write a candidate into the resident model, score it, return the value(s).
+
+Scorers follow the :class:`hf_recycle.score.scorer.TaskScorer` interface: ``name``,
+``weight``, ``higher_is_better``, ``num_examples`` and ``score(model, limit=None)``
+returning a result with ``value`` and ``per_example``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from hf_recycle.search.space import SearchSpace
+from hf_recycle.search.study import mark_worker
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+
+class Scorer(Protocol):
+    """What the search needs of a task scorer (see :class:`hf_recycle.score.scorer.TaskScorer`)."""
+
+    name: str
+    weight: float
+    higher_is_better: bool
+    num_examples: int
+
+    def score(self, model: Any, limit: int | None = None) -> Any:
+        """Score the live model on the first ``limit`` examples (all when ``None``)."""
+
+
+class CandidateModel(Protocol):
+    """What the search needs of the resident model (see :class:`~hf_recycle.search.resident.ResidentModel`)."""
+
+    model: Any
+
+    def set_weights(self, weights: np.ndarray, density: float | None = None) -> None:
+        """Write the merge of ``weights`` into ``model``."""
+
+
+def macro_mean(values: dict[str, float], scorers: Sequence[Scorer]) -> float:
+    """Task-weighted mean of ``values``, lower-is-better tasks negated: the objective to maximize."""
+    total = math.fsum(s.weight for s in scorers)
+    return math.fsum(s.weight * (values[s.name] if s.higher_is_better else -values[s.name]) for s in scorers) / total
+
+
+def score_all(candidate_model: CandidateModel, scorers: Sequence[Scorer], limit_fraction: float | None = None) -> dict:
+    """Score the live model on every task; ``limit_fraction`` scores only that share of each split."""
+    results = {}
+    for scorer in scorers:
+        limit = None if limit_fraction is None else max(1, math.ceil(limit_fraction * scorer.num_examples))
+        results[scorer.name] = scorer.score(candidate_model.model, limit=limit)
+    return results
+
+
+class TrialObjective:
+    """The callable handed to ``study.optimize``.
+
+    Args:
+        space: The search space.
+        candidate_model: The resident model candidates are written into.
+        scorers: One scorer per task (search split).
+        objective: ``mean`` (one value: :func:`macro_mean`) or ``pareto`` (one value per task).
+        pruning_fraction: When set, score this share of each split first, report it and
+            let the study's pruner stop the trial (baselines are never pruned).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        candidate_model: CandidateModel,
+        scorers: Sequence[Scorer],
+        objective: str = "mean",
+        pruning_fraction: float | None = None,
+    ) -> None:
+        self.space = space
+        self.candidate_model = candidate_model
+        self.scorers = list(scorers)
+        self.objective = objective
+        self.pruning_fraction = pruning_fraction
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        import optuna
+
+        mark_worker(trial)
+        candidate = self.space.suggest(trial)
+        self.candidate_model.set_weights(candidate.weights, candidate.density)
+        trial.set_user_attr("weights", candidate.weights.tolist())
+        if candidate.density is not None:
+            trial.set_user_attr("density", candidate.density)
+        if self.pruning_fraction is not None and self.objective == "mean":
+            partial = score_all(self.candidate_model, self.scorers, self.pruning_fraction)
+            value = macro_mean({n: r.value for n, r in partial.items()}, self.scorers)
+            trial.report(value, step=0)
+            if "baseline" not in trial.user_attrs and trial.should_prune():
+                trial.set_user_attr("partial_mean", value)
+                raise optuna.TrialPruned(f"partial score {value:.4g} is below the pruner's threshold")
+        results = score_all(self.candidate_model, self.scorers)
+        values = {n: float(r.value) for n, r in results.items()}
+        mean = macro_mean(values, self.scorers)
+        trial.set_user_attr("scores", values)
+        trial.set_user_attr("mean", mean)
+        if self.objective == "pareto":
+            return [values[s.name] for s in self.scorers]
+        return mean

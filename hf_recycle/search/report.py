@@ -1,0 +1,166 @@
+"""The final report of a search: held-out scores, a paired bootstrap, results.json and results.md.
+
+The winner (each Pareto member for ``pareto``) and the baselines are scored on each
+task's test split. The winner is compared with the best baseline (the baseline of
+highest *search* score, so the choice does not peek at the test split) by a paired
+bootstrap: the test examples of every task are resampled with replacement, the same
+indices for both models, and the statistic is the task-weighted macro-average of the
+per-example scores (lower-is-better tasks negated). The interval is the percentile
+interval of the difference winner − baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+def macro_of_means(
+    per_example: Mapping[str, np.ndarray], weights: Mapping[str, float], higher_is_better: Mapping[str, bool]
+) -> float:
+    """Task-weighted mean of per-task means of per-example scores, lower-better tasks negated."""
+    total = math.fsum(weights[t] for t in per_example)
+    return (
+        math.fsum(
+            weights[t] * (1.0 if higher_is_better[t] else -1.0) * float(np.mean(values))
+            for t, values in per_example.items()
+        )
+        / total
+    )
+
+
+def paired_bootstrap(
+    a: Mapping[str, Sequence[float]],
+    b: Mapping[str, Sequence[float]],
+    weights: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    return_samples: bool = False,
+) -> dict[str, Any]:
+    """Paired bootstrap of the difference ``a − b`` of the macro-average of per-example scores.
+
+    Args:
+        a: Per task, per-example scores of model A (the same examples, in the same order, as ``b``).
+        b: Per task, per-example scores of model B.
+        weights: Task weights.
+        higher_is_better: Task directions.
+        n_boot: Number of resamples.
+        confidence: Coverage of the percentile interval.
+        seed: Seed of the resampling.
+        return_samples: Also return the resampled differences (``samples``).
+
+    Returns:
+        ``{"difference", "ci_low", "ci_high", "confidence", "n_boot", "p_not_better"}``, where
+        ``p_not_better`` is the share of resamples where A does not beat B.
+
+    Raises:
+        ValueError: The two models were scored on different numbers of examples.
+    """
+    tasks = list(a)
+    arrays_a = {t: np.asarray(a[t], dtype=np.float64) for t in tasks}
+    arrays_b = {t: np.asarray(b[t], dtype=np.float64) for t in tasks}
+    for t in tasks:
+        if arrays_a[t].shape != arrays_b[t].shape or arrays_a[t].size == 0:
+            raise ValueError(f"task '{t}': paired scores need the same non-empty examples for both models")
+    sign = {t: 1.0 if higher_is_better[t] else -1.0 for t in tasks}
+    total = math.fsum(weights[t] for t in tasks)
+    diffs = {t: arrays_a[t] - arrays_b[t] for t in tasks}
+    point = math.fsum(weights[t] * sign[t] * float(diffs[t].mean()) for t in tasks) / total
+    rng = np.random.default_rng(seed)
+    samples = np.zeros(n_boot)
+    for t in tasks:
+        n = diffs[t].size
+        idx = rng.integers(0, n, size=(n_boot, n))
+        samples += weights[t] * sign[t] * diffs[t][idx].mean(axis=1)
+    samples /= total
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(samples, [alpha, 1.0 - alpha])
+    out: dict[str, Any] = {
+        "difference": point,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "confidence": confidence,
+        "n_boot": n_boot,
+        "p_not_better": float(np.mean(samples <= 0)),
+    }
+    if return_samples:
+        out["samples"] = samples
+    return out
+
+
+def scores_dict(values: Mapping[str, float], mean: float) -> dict[str, float]:
+    """``{"<task>": value, ..., "mean": mean}``."""
+    return {**{k: float(v) for k, v in values.items()}, "mean": float(mean)}
+
+
+def write_results(folder: str | Path, results: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path_json = folder / RESULTS_JSON
+    tmp = path_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    tmp.replace(path_json)
+    path_md = folder / RESULTS_MD
+    path_md.write_text(render_markdown(results), encoding="utf-8")
+    return path_json, path_md
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """A human-readable summary of ``results`` (the content of results.md)."""
+    tasks = [t["name"] for t in results["tasks"]]
+    lines = [
+        f"# Merge search: {results['name']}",
+        "",
+        f"{results['trials']} complete trials ({results['study']['sampler']} sampler, objective "
+        f"`{results['study']['objective']}`, weights `{results['space']['weights']}`, granularity "
+        f"`{results['space']['granularity']}`, merge method `{results['merge']['method']}`).",
+        "",
+        "| model | split | " + " | ".join(tasks) + " | mean |",
+        "|---|---|" + "---|" * (len(tasks) + 1),
+    ]
+    rows: list[tuple[str, dict[str, Any]]] = [("**winner**", results["winner"])]
+    rows += [(name, entry) for name, entry in results["baselines"].items()]
+    for i, member in enumerate(results.get("pareto") or []):
+        rows.append((f"pareto #{i} (trial {member['trial']})", member))
+    for label, entry in rows:
+        for split in ("search", "test"):
+            scores = entry.get(split)
+            if scores is None:
+                continue
+            lines.append(
+                f"| {label} | {split} | " + " | ".join(_fmt(scores.get(t)) for t in tasks) + f" | {_fmt(scores.get('mean'))} |"
+            )
+    comp = results.get("comparison")
+    if comp and "difference" in comp:
+        lines += [
+            "",
+            f"Winner − {comp['baseline']} on the test split (macro-average of per-example scores): "
+            f"{comp['difference']:+.4g}, {int(comp['confidence'] * 100)}% paired bootstrap CI "
+            f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({comp['n_boot']} resamples).",
+        ]
+    lines += ["", "## Winner weights", "", "| checkpoint | weight |", "|---|---|"]
+    for pin, w in zip(results["checkpoints"], results["winner"]["weights"], strict=True):
+        lines.append(f"| {pin.get('spec') or pin.get('path')} | {w:.4f} |")
+    for plot in results.get("plots", []):
+        lines += ["", f"![{Path(plot).stem}]({plot})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,331 @@
+"""The resident candidate model: one live model whose weights are rewritten per trial.
+
+The architecture is built once (on the GPU when there is one). Every checkpoint's
+tensors stay resident, stacked per tensor as ``(K, *shape)`` (GPU memory when they
+fit, else CPU RAM), and a candidate's weighted sum is written into the live model's
+parameters in place, through reused buffers: no disk round trip and no model rebuild
+per trial.
+
+Linear and task-arithmetic merges are one weighted sum per tensor (task arithmetic
+``base + λ Σ wᵢ (θᵢ − base)`` is the weighted sum with coefficients ``λwᵢ`` on the
+checkpoints and ``1 − λΣwᵢ`` on the base). For float32 stacks it is one
+matrix-vector product per tensor written straight into the parameter: one read of
+the K resident copies and one write, the memory-bandwidth floor. TIES and DARE go
+through the merge engine's combine functions, tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError, ShapeMismatchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from hf_recycle.merge.sources import TensorSource
+
+logger = logging.getLogger(__name__)
+
+LINEAR_METHODS = ("linear", "task_arithmetic")
+NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def default_normalize(method: str, parameterization: str = "simplex") -> bool:
+    """Normalization used when the recipe leaves ``merge.normalize`` unset.
+
+    Linear merges normalize (divide by Σw) by default, except when the search space is
+    deliberately unnormalized (``nonnegative``/``signed``); ties normalize; task
+    arithmetic and DARE-linear do not.
+    """
+    if method == "linear":
+        return parameterization == "simplex"
+    return method in ("ties", "dare_ties")
+
+
+def _check_compatible(sources: Sequence[TensorSource], base: TensorSource | None) -> list[str]:
+    """Tensor names shared by every source; raises when architectures or shapes differ."""
+    ref = sources[0]
+    ref_type = (ref.config.get("model_type"), tuple(ref.config.get("architectures") or ()))
+    for src in [*sources[1:], *([base] if base is not None else [])]:
+        other = (src.config.get("model_type"), tuple(src.config.get("architectures") or ()))
+        if other != ref_type:
+            raise IncompatibleCheckpointsError(
+                f"checkpoint '{src.name}' is a {other[0]} {list(other[1])} but '{ref.name}' is a "
+                f"{ref_type[0]} {list(ref_type[1])}: merge only checkpoints of one architecture"
+            )
+    keys = ref.keys()
+    for src in [*sources[1:], *([base] if base is not None else [])]:
+        other_keys = set(src.keys())
+        missing = [k for k in keys if k not in other_keys]
+        if missing:
+            raise IncompatibleCheckpointsError(
+                f"checkpoint '{src.name}' lacks tensor '{missing[0]}' that '{ref.name}' has "
+                f"({len(missing)} missing): merge only checkpoints of one architecture"
+            )
+        for key in keys:
+            if tuple(src.shape(key)) != tuple(ref.shape(key)):
+                raise ShapeMismatchError(
+                    f"tensor '{key}' has shape {tuple(ref.shape(key))} in '{ref.name}' but shape "
+                    f"{tuple(src.shape(key))} in '{src.name}'"
+                )
+    return keys
+
+
+def pick_device(device: str = "auto") -> str:
+    """``cuda`` when asked or available (``auto``), else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MergeConfigError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+class ResidentModel:
+    """A live model plus the resident checkpoint tensors it is rewritten from.
+
+    Args:
+        sources: The K checkpoints, as tensor sources (all of one architecture).
+        base: The base checkpoint, needed by task-vector methods.
+        method: Merge method name (``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``).
+        lambda_: Scale of the merged task vector (task-vector methods).
+        normalize: Divide by the weight sum (see :func:`default_normalize` for ``None``).
+        seed: Seed of DARE's random masks.
+        dtype: Dtype of the live model (``auto``: the checkpoints' stored dtype).
+        device: Where the live model runs (``auto``: CUDA when available).
+        group_of: Tensor name -> row of the candidate's weight matrix (all 0 when ``None``).
+        resident_device: Where the checkpoint stacks live; default: ``device`` when they fit.
+
+    Attributes:
+        model: The live ``transformers`` model; scorers run it directly.
+        names: Names of the tensors rewritten per candidate, in model order.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[TensorSource],
+        *,
+        base: TensorSource | None = None,
+        method: str = "linear",
+        lambda_: float = 1.0,
+        normalize: bool | None = None,
+        seed: int = 0,
+        dtype: str = "auto",
+        device: str = "auto",
+        group_of: Callable[[str], int] | dict[str, int] | None = None,
+        resident_device: str | None = None,
+    ) -> None:
+        import torch
+
+        if len(sources) < 2:
+            raise IncompatibleCheckpointsError(f"a merge needs at least 2 checkpoints, got {len(sources)}")
+        if method in NEEDS_BASE and base is None:
+            raise MergeConfigError(f"merge method '{method}' needs a base checkpoint: add 'base: <spec>' to the recipe")
+        self.method = method
+        self.lambda_ = float(lambda_)
+        self.normalize = default_normalize(method) if normalize is None else bool(normalize)
+        self.seed = seed
+        self.n_checkpoints = len(sources)
+        self.device = torch.device(pick_device(device))
+        keys = _check_compatible(sources, base)
+        self.model = self._build_model(sources[0], dtype)
+        targets = self._targets(keys, sources[0])
+        self.names = list(targets)
+        if isinstance(group_of, dict):
+            lookup = group_of
+            self._group = [lookup.get(n, 0) for n in self.names]
+        elif callable(group_of):
+            self._group = [int(group_of(n)) for n in self.names]
+        else:
+            self._group = [0] * len(self.names)
+        rows = [*sources, *([base] if base is not None and method in NEEDS_BASE else [])]
+        self.has_base_row = len(rows) > len(sources)
+        store_dtypes = {key: self._store_dtype(rows, key) for key in self.names}
+        total = sum(len(rows) * int(np.prod(src_shape)) * torch.empty((), dtype=store_dtypes[key]).element_size()
+                    for key, src_shape in ((k, sources[0].shape(k)) for k in self.names))
+        self.resident_device = torch.device(resident_device or self._fit_device(total))
+        logger.info(
+            "resident model: %d tensors x %d checkpoints (%.1f MB) on %s, live model on %s",
+            len(self.names), len(rows), total / 1e6, self.resident_device, self.device,
+        )
+        self._params: list[torch.Tensor] = [targets[n] for n in self.names]
+        self._stacks: list[torch.Tensor] = []
+        for key in self.names:
+            stack = torch.empty((len(rows), *sources[0].shape(key)), dtype=store_dtypes[key], device=self.resident_device)
+            for i, src in enumerate(rows):
+                stack[i].copy_(src.read(key))
+            self._stacks.append(stack)
+        max_numel = max(p.numel() for p in self._params)
+        self._buffer = torch.empty(max_numel, dtype=torch.float32, device=self.resident_device)
+        self._staging = (
+            torch.empty(max_numel, dtype=torch.float32, device=self.device)
+            if self.resident_device != self.device
+            else None
+        )
+        self._workspace: Any = None
+        self.model.eval()
+
+    # --- construction -------------------------------------------------------------------
+
+    def _build_model(self, source: TensorSource, dtype: str) -> Any:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = dict(source.config)
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise IncompatibleCheckpointsError(f"checkpoint '{source.name}' has no model_type in config.json")
+        config = AutoConfig.for_model(model_type, **cfg)
+        if dtype == "auto":
+            first = source.keys()[0]
+            torch_dtype = source.dtype(first) if source.dtype(first).is_floating_point else torch.float32
+        else:
+            torch_dtype = getattr(torch, _DTYPES[dtype])
+        self.dtype = torch_dtype
+        with torch.device(self.device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        return model.to(torch_dtype)
+
+    def _targets(self, keys: list[str], source: TensorSource) -> dict[str, torch.Tensor]:
+        """Live tensors (parameters and persistent float buffers) keyed by their checkpoint name."""
+        available = set(keys)
+        targets: dict[str, Any] = {}
+        seen: set[int] = set()
+        for name, param in self.model.named_parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if name not in available:
+                raise IncompatibleCheckpointsError(
+                    f"the model built from '{source.name}' has parameter '{name}' that the checkpoint does not "
+                    "store: the checkpoint does not match its config.json"
+                )
+            targets[name] = param.data
+        for name, buf in self.model.named_buffers():
+            if name in available and buf.is_floating_point() and id(buf) not in seen:
+                seen.add(id(buf))
+                targets[name] = buf
+        return targets
+
+    @staticmethod
+    def _store_dtype(rows: Sequence[TensorSource], key: str) -> torch.dtype:
+        import torch
+
+        dtypes = {src.dtype(key) for src in rows}
+        only = dtypes.pop() if len(dtypes) == 1 else None
+        return only if only is not None and only.is_floating_point else torch.float32
+
+    def _fit_device(self, total_bytes: int) -> str:
+        import torch
+
+        if self.device.type != "cuda":
+            return "cpu"
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if total_bytes < 0.8 * free:
+            return str(self.device)
+        logger.warning(
+            "checkpoints (%.1f GB) do not fit in free GPU memory (%.1f GB): keeping them in CPU RAM",
+            total_bytes / 1e9, free / 1e9,
+        )
+        return "cpu"
+
+    # --- candidates ---------------------------------------------------------------------
+
+    def coefficients(self, weights: np.ndarray) -> np.ndarray:
+        """Per-group coefficients of the resident rows (K checkpoints, then the base) for linear methods."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        if w.shape[1] != self.n_checkpoints:
+            raise MergeConfigError(f"{w.shape[1]} weights given for {self.n_checkpoints} checkpoints")
+        sums = w.sum(axis=1, keepdims=True)
+        if self.normalize and self.method == "linear":
+            if np.any(np.abs(sums) < 1e-12):
+                raise MergeConfigError("the merge weights sum to 0 and normalize is on: weights cannot be normalized")
+            w = w / sums
+        elif self.normalize:  # task arithmetic divides by the sum unless it is ~0 (as the engine does)
+            w = w / np.where(np.abs(sums) >= 1e-8, sums, 1.0)
+        if self.method == "linear":
+            return w
+        scaled = self.lambda_ * w
+        return np.concatenate([scaled, 1.0 - scaled.sum(axis=1, keepdims=True)], axis=1)
+
+    def set_weights(self, weights: np.ndarray | Sequence[float], density: float | None = None) -> None:
+        """Write the merge of ``weights`` (``(K,)`` or ``(G, K)``) into the live model, in place."""
+        import torch
+
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        with torch.no_grad():
+            if self.method in LINEAR_METHODS:
+                coef = self.coefficients(w)
+                coef_t = torch.tensor(coef, dtype=torch.float32, device=self.resident_device)
+                coef_f = coef.tolist()
+                for param, stack, g in zip(self._params, self._stacks, self._group, strict=True):
+                    self._weighted_sum(param, stack, coef_t[min(g, len(coef_f) - 1)], coef_f[min(g, len(coef_f) - 1)])
+            else:
+                self._set_with_method(w, density)
+
+    def _weighted_sum(self, param: torch.Tensor, stack: torch.Tensor, coef_t: torch.Tensor, coef: list[float]) -> None:
+        import torch
+
+        n = param.numel()
+        direct = (
+            stack.dtype == torch.float32
+            and param.dtype == torch.float32
+            and param.device == stack.device
+            and param.is_contiguous()
+        )
+        if direct:  # one pass: read K rows, write the parameter
+            torch.mv(stack.view(stack.shape[0], -1).t(), coef_t, out=param.view(-1))
+            return
+        acc = self._buffer[:n]
+        if stack.dtype == torch.float32:
+            torch.mv(stack.view(stack.shape[0], -1).t(), coef_t, out=acc)
+        else:
+            acc.copy_(stack[0].reshape(-1)).mul_(coef[0])
+            for i in range(1, stack.shape[0]):
+                acc.add_(stack[i].reshape(-1), alpha=coef[i])
+        if self._staging is not None:
+            staged = self._staging[:n]
+            staged.copy_(acc, non_blocking=True)
+            acc = staged
+        param.view(-1).copy_(acc)
+
+    def _set_with_method(self, w: np.ndarray, density: float | None) -> None:
+        from hf_recycle.merge.methods import Workspace, get_method, resolve_params
+
+        method = get_method(self.method)
+        params = resolve_params(
+            method,
+            density=density if method.uses_density else None,
+            lambda_=self.lambda_,
+            normalize=self.normalize,
+            seed=self.seed,
+        )
+        if self._workspace is None:
+            self._workspace = Workspace(self.resident_device)
+        for name, param, stack, g in zip(self.names, self._params, self._stacks, self._group, strict=True):
+            row = [float(x) for x in w[min(g, w.shape[0] - 1)]]
+            out = self._buffer[: param.numel()].view(param.shape)
+            tensors = [stack[i] for i in range(self.n_checkpoints)]
+            method.combine(tensors, row, stack[self.n_checkpoints], params, name, out=out, workspace=self._workspace)
+            param.copy_(out)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The rewritten tensors of the live model, keyed by checkpoint tensor name."""
+        return dict(zip(self.names, self._params, strict=True))
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes held by the resident checkpoint stacks."""
+        return sum(s.numel() * s.element_size() for s in self._stacks)
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of the rewritten live tensors."""
+        return sum(p.numel() * p.element_size() for p in self._params)

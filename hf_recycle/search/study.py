@@ -1,0 +1,426 @@
+"""The Optuna study of a merge search: storage, sampler, baselines, resume and workers.
+
+A study lives in an Optuna storage: by default the SQLite file ``study.db`` in the
+output folder; ``postgresql://...`` (or any SQLAlchemy URL) or a journal file lets
+several workers on several machines share it. ``trials`` counts every finished
+(complete or pruned) trial of the study, the enqueued baselines included; a worker
+stops once the study holds that many.
+
+Resuming: finished trials are kept. A trial left ``RUNNING`` by a process that died
+is failed and its parameters enqueued again (once per failure, at most 3 times):
+at once when the dead process ran on this host (its pid is gone), otherwise when its
+heartbeat goes stale (RDB storages).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hf_recycle.errors import MissingDependencyError, SearchError
+from hf_recycle.search.baselines import (
+    greedy_soup_max_trials,
+    greedy_soup_step,
+    single_weights,
+    soup_weights,
+    uniform_weights,
+)
+from hf_recycle.search.space import SearchSpace
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("cmaes", "tpe", "gp", "random", "nsga2")
+FINGERPRINT_ATTR = "hf_recycle"
+WORKER_ATTR = "hf_recycle_worker"
+MAX_RETRY = 3
+DEFAULT_HEARTBEAT_S = 30
+
+
+# --- storage ------------------------------------------------------------------------------
+
+
+def default_storage_url(output_dir: str | Path) -> str:
+    """``sqlite:///<output_dir>/study.db`` (absolute)."""
+    return f"sqlite:///{(Path(output_dir) / 'study.db').resolve()}"
+
+
+def redact_url(url: str) -> str:
+    """The storage URL with any password replaced by ``***``."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}@{host}"
+
+
+def open_storage(url: str, heartbeat_interval: int | None = DEFAULT_HEARTBEAT_S) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``.
+
+    ``sqlite:///...``, ``postgresql://...`` and other SQLAlchemy URLs give an RDB
+    storage with heartbeats (stale trials are failed and retried); ``journal:PATH`` or
+    a path ending in ``.log``/``.journal`` gives a journal file storage (no heartbeat:
+    only trials of dead local processes are retried).
+
+    Raises:
+        MissingDependencyError: The database driver is not installed.
+        SearchError: The URL is not understood or the database cannot be reached.
+    """
+    import optuna
+
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = url.removeprefix("journal:")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise SearchError(
+            f"storage '{url}' is not a database URL or journal file: use sqlite:///path/study.db, "
+            "postgresql://user@host:port/db or journal:/path/study.log"
+        )
+    scheme = url.split("://", 1)[0]
+    engine_kwargs: dict[str, Any] = {}
+    if scheme.startswith("postgresql"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError("psycopg2-binary", f"storage '{redact_url(url)}'") from exc
+        engine_kwargs = {"pool_pre_ping": True}
+    elif scheme.startswith("sqlite"):
+        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        kwargs = dict(
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=int(heartbeat_interval) * 3,
+            heartbeat_stale_trial_callback=_retry_callback(),
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as exc:  # sqlalchemy errors: unreachable server, bad credentials
+        raise SearchError(f"cannot open storage '{redact_url(url)}': {exc}") from exc
+
+
+# --- sampler ------------------------------------------------------------------------------
+
+
+def make_sampler(name: str, space: SearchSpace, *, seed: int, n_objectives: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler called ``name``.
+
+    Raises:
+        MissingDependencyError: Its package is missing (``cmaes`` for cmaes, ``scipy`` for gp).
+        SearchError: Unknown name, or a single-objective sampler for a Pareto search.
+    """
+    import optuna
+
+    if name not in SAMPLERS:
+        raise SearchError(f"unknown sampler '{name}': use one of {', '.join(SAMPLERS)}")
+    if name == "cmaes" and n_objectives > 1:
+        raise SearchError(
+            "sampler 'cmaes' optimizes a single objective; objective 'pareto' needs sampler nsga2, tpe, gp or random"
+        )
+    needs = {"cmaes": ["cmaes"], "gp": ["scipy", "torch"]}.get(name, [])
+    for package in needs:
+        try:
+            __import__(package)
+        except ImportError as exc:
+            raise MissingDependencyError(package, f"sampler '{name}'") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+# --- the study ----------------------------------------------------------------------------
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study; its JSON form is stored in the study and checked on resume.
+
+    Attributes:
+        space: The search space.
+        checkpoints: Pinned specs of the checkpoints, in order.
+        tasks: Task names, in order.
+        directions: Per task, whether higher is better.
+        objective: ``mean`` or ``pareto``.
+        method: Merge method and its fixed parameters.
+        baselines: Which baselines run.
+    """
+
+    space: SearchSpace
+    checkpoints: list[str]
+    tasks: list[str]
+    directions: list[bool]
+    objective: str = "mean"
+    method: dict[str, Any] = field(default_factory=lambda: {"method": "linear"})
+    baselines: tuple[str, ...] = ("uniform", "best_single", "greedy_soup")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The JSON stored under the study's ``hf_recycle`` user attribute."""
+        return {
+            "space": self.space.describe(),
+            "checkpoints": list(self.checkpoints),
+            "tasks": list(self.tasks),
+            "objective": self.objective,
+            "merge": dict(self.method),
+            "baselines": list(self.baselines),
+        }
+
+    @property
+    def optuna_directions(self) -> list[str]:
+        """``["maximize"]`` for ``mean``; one direction per task for ``pareto``."""
+        if self.objective == "pareto":
+            return ["maximize" if up else "minimize" for up in self.directions]
+        return ["maximize"]
+
+    def baseline_trials(self) -> int:
+        """The most trials the baselines can take."""
+        k = self.space.n_checkpoints
+        with_uniform = "uniform" in self.baselines
+        n = int(with_uniform)
+        if "best_single" in self.baselines or "greedy_soup" in self.baselines:
+            n += k
+        if "greedy_soup" in self.baselines:
+            n += greedy_soup_max_trials(k, with_uniform)
+        return n
+
+
+def create_or_load_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    config: StudyConfig,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create study ``name`` (or load it when it exists) and check it was made for ``config``.
+
+    Raises:
+        SearchError: The stored study was made for other checkpoints, tasks or space.
+    """
+    import optuna
+
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=config.optuna_directions,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    wanted = config.fingerprint()
+    if stored is None:
+        study.set_user_attr(FINGERPRINT_ATTR, wanted)
+    elif stored != wanted:
+        diff = sorted(k for k in wanted if stored.get(k) != wanted[k])
+        raise SearchError(
+            f"study '{name}' in this storage was made for a different search ({', '.join(diff)} differ): "
+            "pass another --study NAME, or delete the old study (e.g. the study.db file) to start over"
+        )
+    return study
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_identity() -> dict[str, Any]:
+    """This process, as recorded on the trials it runs."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def reap_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of dead processes of this host and enqueue their parameters again.
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    me = worker_identity()
+    failed: list[int] = []
+    retry = _retry_callback()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.system_attrs.get(WORKER_ATTR)
+        if not owner or owner.get("host") != me["host"] or owner.get("pid") == me["pid"]:
+            continue
+        if _pid_alive(int(owner["pid"])):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        failed.append(trial.number)
+        logger.warning("trial %d was left running by a dead process (pid %s): retrying its parameters", trial.number, owner["pid"])
+        retry(study, study._storage.get_trial(trial._trial_id))
+    return failed
+
+
+def _retry_callback() -> Callable[[Any, Any], None]:
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def mark_worker(trial: optuna.Trial) -> None:
+    """Record on ``trial`` which process runs it (to retry it if that process dies)."""
+    trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
+
+
+# --- baselines as enqueued trials --------------------------------------------------------
+
+
+def enqueue_initial_baselines(study: optuna.Study, config: StudyConfig) -> None:
+    """Enqueue the uniform soup and every single checkpoint (once per study)."""
+    if study.user_attrs.get("baselines_enqueued"):
+        return
+    k = config.space.n_checkpoints
+    space = config.space
+    if "uniform" in config.baselines:
+        study.enqueue_trial(space.params_for(uniform_weights(k)), user_attrs={"baseline": "uniform"}, skip_if_exists=True)
+    if "best_single" in config.baselines or "greedy_soup" in config.baselines:
+        for i in range(k):
+            study.enqueue_trial(
+                space.params_for(single_weights(i, k)),
+                user_attrs={"baseline": "single", "checkpoint": i},
+                skip_if_exists=True,
+            )
+    study.set_user_attr("baselines_enqueued", True)
+
+
+def baseline_members(trial: optuna.trial.FrozenTrial, n_checkpoints: int) -> frozenset[int] | None:
+    """The soup a baseline trial evaluated (``None`` for a searched trial)."""
+    kind = trial.user_attrs.get("baseline")
+    if kind == "uniform":
+        return frozenset(range(n_checkpoints))
+    if kind == "single":
+        return frozenset([int(trial.user_attrs["checkpoint"])])
+    if kind == "greedy_soup":
+        return frozenset(int(i) for i in trial.user_attrs["members"])
+    return None
+
+
+def soup_scores(trials: Sequence[optuna.trial.FrozenTrial], n_checkpoints: int) -> dict[frozenset[int], float]:
+    """Search mean of every completed baseline soup, keyed by its members."""
+    from optuna.trial import TrialState
+
+    scores: dict[frozenset[int], float] = {}
+    for t in trials:
+        members = baseline_members(t, n_checkpoints)
+        if members is not None and t.state == TrialState.COMPLETE and "mean" in t.user_attrs:
+            scores.setdefault(members, float(t.user_attrs["mean"]))
+    return scores
+
+
+def single_scores(trials: Sequence[optuna.trial.FrozenTrial], n_checkpoints: int) -> list[float] | None:
+    """Search mean of each single checkpoint, or ``None`` while some are missing."""
+    scores = soup_scores(trials, n_checkpoints)
+    singles = [scores.get(frozenset([i])) for i in range(n_checkpoints)]
+    return None if any(s is None for s in singles) else [float(s) for s in singles]  # type: ignore[arg-type]
+
+
+def enqueue_greedy_step(study: optuna.Study, config: StudyConfig, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
+    """Enqueue greedy soup's next soup when its inputs are known; ``True`` when one was enqueued."""
+    from optuna.trial import TrialState
+
+    if "greedy_soup" not in config.baselines:
+        return False
+    k = config.space.n_checkpoints
+    singles = single_scores(trials, k)
+    if singles is None:
+        return False
+    state = greedy_soup_step(singles, soup_scores(trials, k))
+    if state.done:
+        return False
+    pending = {
+        baseline_members(t, k)
+        for t in trials
+        if t.user_attrs.get("baseline") == "greedy_soup" and t.state != TrialState.FAIL
+    }
+    pending |= {baseline_members(t, k) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+    if state.next_members in pending:
+        return False
+    study.enqueue_trial(
+        config.space.params_for(soup_weights(state.next_members, k)),
+        user_attrs={"baseline": "greedy_soup", "members": sorted(state.next_members)},
+    )
+    return True
+
+
+# --- the worker loop ---------------------------------------------------------------------
+
+
+def finished_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Trials that count toward the budget: complete and pruned ones."""
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def run_worker(
+    study: optuna.Study,
+    config: StudyConfig,
+    objective: Callable[[optuna.Trial], float | Sequence[float]],
+    trials: int,
+    *,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> None:
+    """Run trials of ``study`` until it holds ``trials`` finished trials.
+
+    Baselines come first (enqueued), then greedy soup's steps as their inputs are
+    known, then the sampler's candidates. Trials of dead local processes are retried.
+    """
+    import optuna
+
+    if trials <= 0:
+        raise SearchError(f"trials must be a positive number, got {trials}")
+    reap_dead_local_trials(study)
+    enqueue_initial_baselines(study, config)
+    callbacks = [on_trial] if on_trial else []
+    while True:
+        current = study.get_trials(deepcopy=False)
+        if finished_count(current) >= trials:
+            break
+        enqueue_greedy_step(study, config, current)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=1, callbacks=callbacks, gc_after_trial=False)
+
+
+def objective_values(scores: Mapping[str, float], weights: Mapping[str, float], directions: Mapping[str, bool]) -> float:
+    """Task-weighted macro-average with each task's direction applied (lower-better tasks negated)."""
+    total = sum(weights[name] for name in scores)
+    return sum(weights[n] * (v if directions[n] else -v) for n, v in scores.items()) / total

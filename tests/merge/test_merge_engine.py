@@ -1,0 +1,330 @@
+"""The streaming engine end to end on tiny checkpoints, checked against whole-state-dict references."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from merge_reference import (
+    assert_state_close,
+    copy_checkpoint,
+    f32_states,
+    ref_linear,
+    ref_task_vectors,
+    ref_topk,
+)
+from safetensors import safe_open
+
+from hf_recycle.errors import (
+    CheckpointNotFoundError,
+    IncompatibleCheckpointsError,
+    MergeConfigError,
+    NonFiniteError,
+    OutputExistsError,
+    PickleRefusedError,
+    ShapeMismatchError,
+)
+from hf_recycle.merge import engine, methods
+from hf_recycle.merge.engine import merge
+from hf_recycle.testing import models
+
+
+def _no_leftovers(parent):
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Force many row blocks per tensor so the chunked path is what runs."""
+    monkeypatch.setattr(engine, "CPU_BLOCK_ELEMENTS", 100)
+
+
+def test_linear_uniform_default(llama_pool, tmp_path, small_blocks):
+    base, ckpts = llama_pool
+    result = merge(ckpts, tmp_path / "out")
+    assert result.files == ("model.safetensors",) and result.method == "linear"
+    assert_state_close(models.load_state_dict(tmp_path / "out"), ref_linear(f32_states(ckpts), [1, 1, 1]))
+    record = json.loads((tmp_path / "out" / "merge_config.json").read_text())
+    assert record["method"] == "linear" and record["parameters"]["normalize"] is True
+    assert [c["spec"] for c in record["checkpoints"]] == [str(c) for c in ckpts]
+    assert record["hf_recycle_version"]
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "out" / name).is_file()
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_linear_weights_no_normalize(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    merge(ckpts, tmp_path / "out", weights=[0.5, 0.25, 1.0], normalize=False)
+    want = ref_linear(f32_states(ckpts), [0.5, 0.25, 1.0], normalize=False)
+    assert_state_close(models.load_state_dict(tmp_path / "out"), want)
+
+
+def test_task_arithmetic(llama_pool, tmp_path, small_blocks):
+    base, ckpts = llama_pool
+    merge(ckpts, tmp_path / "out", method="task_arithmetic", base=base, weights=[0.5, 0.3, 0.2], lambda_=0.8)
+    want = ref_task_vectors(f32_states(ckpts), f32_states([base])[0], [0.5, 0.3, 0.2], lam=0.8)
+    assert_state_close(models.load_state_dict(tmp_path / "out"), want)
+
+
+@pytest.mark.parametrize("normalize", [None, False])
+def test_ties(llama_pool, tmp_path, small_blocks, normalize):
+    base, ckpts = llama_pool
+    merge(ckpts, tmp_path / "out", method="ties", base=base, weights=[0.5, 0.3, 0.2], density=0.3, normalize=normalize)
+    want = ref_task_vectors(
+        f32_states(ckpts), f32_states([base])[0], [0.5, 0.3, 0.2],
+        normalize=normalize is None, consensus=True, sparsify=lambda d, i, k: ref_topk(d, 0.3),
+    )  # fmt: skip
+    assert_state_close(models.load_state_dict(tmp_path / "out"), want)
+
+
+@pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
+def test_dare_matches_reference_and_is_reproducible(llama_pool, tmp_path, name):
+    base, ckpts = llama_pool
+    merge(ckpts, tmp_path / "a", method=name, base=base, density=0.5, seed=4)
+
+    def drop(d, i, key):
+        return d * methods.dare_keep_mask(4, key, i, d.numel(), 0, d.numel(), 0.5).view_as(d) / 0.5
+
+    want = ref_task_vectors(
+        f32_states(ckpts), f32_states([base])[0], [1 / 3] * 3, consensus=name == "dare_ties", sparsify=drop
+    )
+    got = models.load_state_dict(tmp_path / "a")
+    assert_state_close(got, want)
+    engine.CPU_BLOCK_ELEMENTS, saved = 64, engine.CPU_BLOCK_ELEMENTS  # other chunking, same masks
+    try:
+        merge(ckpts, tmp_path / "b", method=name, base=base, density=0.5, seed=4)
+    finally:
+        engine.CPU_BLOCK_ELEMENTS = saved
+    again = models.load_state_dict(tmp_path / "b")
+    assert all(torch.equal(got[k], again[k]) for k in got)
+    merge(ckpts, tmp_path / "c", method=name, base=base, density=0.5, seed=5)
+    other = models.load_state_dict(tmp_path / "c")
+    assert not all(torch.equal(got[k], other[k]) for k in got)
+
+
+def test_sharded_in_and_out(llama_pool_sharded, tmp_path, small_blocks):
+    base, ckpts = llama_pool_sharded
+    assert len(models.weights_files(ckpts[0])) > 1
+    result = merge(ckpts, tmp_path / "out", method="ties", base=base, density=0.5, max_shard_size="40KB")
+    shards = [f for f in result.files if f.endswith(".safetensors")]
+    assert len(shards) >= 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    for shard in shards:
+        with safe_open(str(tmp_path / "out" / shard), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        assert sum(t.numel() * t.element_size() for t in tensors.values()) <= 40_000 or len(tensors) == 1
+    want = ref_task_vectors(
+        f32_states(ckpts), f32_states([base])[0], [1 / 3] * 3, normalize=True, consensus=True,
+        sparsify=lambda d, i, k: ref_topk(d, 0.5),
+    )  # fmt: skip
+    assert_state_close(models.load_state_dict(tmp_path / "out"), want)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert torch.equal(model.state_dict()["lm_head.weight"], models.load_state_dict(tmp_path / "out")["lm_head.weight"])
+
+
+def test_bf16_inputs_keep_dtype_and_exact_float32_arithmetic(llama_pool_bf16, tmp_path, small_blocks):
+    base, ckpts = llama_pool_bf16
+    merge(ckpts, tmp_path / "out", method="ties", base=base, density=0.2, weights=[1, 2, 3])
+    got = models.load_state_dict(tmp_path / "out")
+    assert {t.dtype for t in got.values()} == {torch.bfloat16}
+    want = ref_task_vectors(
+        f32_states(ckpts), f32_states([base])[0], [1.0, 2.0, 3.0], normalize=True, consensus=True,
+        sparsify=lambda d, i, k: ref_topk(d, 0.2),
+    )  # fmt: skip
+    # float32 arithmetic, one rounding to bfloat16 (at most one ulp from the reference's summation order)
+    assert_state_close(got, {k: v.to(torch.bfloat16) for k, v in want.items()}, atol=1e-6, rtol=2**-7)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_output_dtype(llama_pool_bf16, tmp_path, dtype):
+    _, ckpts = llama_pool_bf16
+    merge(ckpts, tmp_path / "out", dtype=dtype, weights=[0.2, 0.3, 0.5])
+    got = models.load_state_dict(tmp_path / "out")
+    want = {k: v.to(getattr(torch, dtype)) for k, v in ref_linear(f32_states(ckpts), [0.2, 0.3, 0.5]).items()}
+    eps = torch.finfo(getattr(torch, dtype)).eps
+    assert_state_close(got, want, atol=1e-6, rtol=eps)
+    assert all(t.dtype == getattr(torch, dtype) for t in got.values())
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == dtype
+
+
+def test_tied_in_tied_out(gpt2_pool, tmp_path):
+    base, ckpts = gpt2_pool
+    merge(ckpts, tmp_path / "out", method="task_arithmetic", base=base)
+    got = models.load_state_dict(tmp_path / "out")
+    assert "lm_head.weight" not in got
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
+    assert_state_close(got, ref_task_vectors(f32_states(ckpts), f32_states([base])[0], [1 / 3] * 3))
+
+
+def test_tied_and_untied_give_untied_output(gpt2_pool, gpt2_untied, tmp_path):
+    _, ckpts = gpt2_pool
+    merge([ckpts[0], gpt2_untied], tmp_path / "out", weights=[0.25, 0.75])
+    got = models.load_state_dict(tmp_path / "out")
+    tied, untied = f32_states([ckpts[0], gpt2_untied])
+    torch.testing.assert_close(got["lm_head.weight"], 0.25 * tied["transformer.wte.weight"] + 0.75 * untied["lm_head.weight"])
+    torch.testing.assert_close(
+        got["transformer.wte.weight"], 0.25 * tied["transformer.wte.weight"] + 0.75 * untied["transformer.wte.weight"]
+    )
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    torch.testing.assert_close(model.lm_head.weight, got["lm_head.weight"])
+
+
+def test_pickle_refused_unless_allowed(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    pickled = tmp_path / "pickled"
+    copy_checkpoint(ckpts[1], pickled)
+    torch.save(models.load_state_dict(pickled), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(PickleRefusedError, match="pytorch_model.bin.*--allow-pickle"):
+        merge([ckpts[0], pickled], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    merge([ckpts[0], pickled], tmp_path / "out", allow_pickle=True)
+    assert_state_close(models.load_state_dict(tmp_path / "out"), ref_linear(f32_states(ckpts[:2]), [1, 1]))
+
+
+def test_existing_output_refused_then_overwritten(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        merge(ckpts, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").exists()
+    merge(ckpts, tmp_path / "out", overwrite=True)
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_failure_midway_leaves_nothing(llama_pool, tmp_path, monkeypatch):
+    _, ckpts = llama_pool
+    calls = {"n": 0}
+    real = engine.ShardedSafetensorsWriter.write
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.ShardedSafetensorsWriter, "write", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        merge(ckpts, tmp_path / "out", max_shard_size="30KB")
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path) == []
+    # a failed overwrite keeps the previous output intact
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "previous.txt").write_text("x")
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        merge(ckpts, tmp_path / "out", overwrite=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["previous.txt"]
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_nan_produced_is_an_error_and_writes_nothing(llama_pool, tmp_path):
+    base, ckpts = llama_pool
+    with pytest.raises(NonFiniteError, match="produced NaN or Inf"):
+        merge(ckpts, tmp_path / "out", method="task_arithmetic", base=base, lambda_=1e39)
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path) == []
+
+    def poison(state):
+        state["model.layers.1.mlp.down_proj.weight"][3, 4] = float("nan")
+        return state
+
+    bad = copy_checkpoint(ckpts[2], tmp_path / "bad", poison)
+    with pytest.raises(NonFiniteError, match="'model.layers.1.mlp.down_proj.weight'"):
+        merge([ckpts[0], bad], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_folder_and_folder_without_weights(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    with pytest.raises(CheckpointNotFoundError, match="nope' does not exist"):
+        merge([ckpts[0], tmp_path / "nope"], tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(CheckpointNotFoundError, match="holds no weights"):
+        merge([ckpts[0], empty], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_different_architectures(llama_pool, gpt2_pool, tmp_path):
+    with pytest.raises(IncompatibleCheckpointsError, match="different architectures.*LlamaForCausalLM.*GPT2LMHeadModel"):
+        merge([llama_pool[1][0], gpt2_pool[1][0]], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_different_key_sets_lists_what_is_missing_where(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+
+    def drop(state):
+        del state["model.layers.1.self_attn.q_proj.weight"]
+        state["extra.weight"] = torch.zeros(2)
+        return state
+
+    odd = copy_checkpoint(ckpts[1], tmp_path / "odd", drop)
+    with pytest.raises(IncompatibleCheckpointsError) as info:
+        merge([ckpts[0], odd], tmp_path / "out")
+    message = str(info.value)
+    assert "lacks 1 tensor(s)" in message and "'model.layers.1.self_attn.q_proj.weight'" in message
+    assert "has 1 tensor(s)" in message and "'extra.weight'" in message and str(odd) in message
+
+
+def test_shape_mismatch_names_tensor_shapes_and_checkpoints(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+
+    def grow(state):
+        state["model.embed_tokens.weight"] = torch.zeros(130, 32)
+        return state
+
+    big = copy_checkpoint(ckpts[1], tmp_path / "big", grow)
+    with pytest.raises(ShapeMismatchError) as info:
+        merge([ckpts[0], big], tmp_path / "out")
+    message = str(info.value)
+    assert "shape" in message and "'model.embed_tokens.weight'" in message
+    assert f"(128, 32) in '{ckpts[0]}'" in message and f"(130, 32) in '{big}'" in message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"weights": [1.0, 2.0]}, "got 2 weights for 3 checkpoints"),
+        ({"method": "ties", "density": 0.0}, r"density must be in \(0, 1\]"),
+        ({"method": "ties", "density": 1.5}, r"density must be in \(0, 1\]"),
+        ({"method": "ties"}, "needs a base checkpoint"),
+        ({"weights": [1.0, -1.0, 0.0]}, "sum to 0"),
+        ({"dtype": "int8"}, "dtype 'int8' is not supported"),
+        ({"max_shard_size": "big"}, "max_shard_size"),
+        ({"device": "tpu"}, "device 'tpu'"),
+    ],
+)
+def test_bad_parameters(llama_pool, tmp_path, kwargs, match):
+    _, ckpts = llama_pool
+    with pytest.raises(MergeConfigError, match=match):
+        merge(ckpts, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_inside_an_input_is_refused(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    with pytest.raises(MergeConfigError, match="holds the input checkpoint"):
+        merge(ckpts, ckpts[0].parent, overwrite=True)
+    assert ckpts[0].exists()
+
+
+def test_cuda_requested_without_cuda(llama_pool, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(MergeConfigError, match="no CUDA device"):
+        merge(llama_pool[1], tmp_path / "out", device="cuda")

@@ -1,0 +1,160 @@
+"""``generate`` tasks: the batched scorer agrees exactly with one-at-a-time ``model.generate``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from score_reference import random_prompts, reference_generate, write_jsonl
+
+from hf_recycle.score.scorer import TaskScorer
+from hf_recycle.score.tasks import TaskSpec
+from hf_recycle.testing import models
+
+MAX_NEW = 10
+STOP = ("=", "ab")
+
+
+def _model(arch: str):
+    config = models.tiny_llama_config() if arch == "llama" else models.tiny_gpt2_config()
+    model = models.build_model(config, seed=11)
+    return model
+
+
+def _frequent_eos(model, tokenizer):
+    """Make several common characters end generation, so rows stop at different steps."""
+    model.generation_config.eos_token_id = [2, *tokenizer.convert_tokens_to_ids(list("bdfhj13579"))]
+    return model
+
+
+def _task(tmp_path, tokenizer, model, n=24, seed=0, stop=STOP, **spec_kw):
+    """A generate task whose targets are the reference continuations for even examples only."""
+    prompts = random_prompts(n, seed=seed)
+    refs = [reference_generate(model, tokenizer, p, MAX_NEW, stop) for p in prompts]
+    targets = [r if i % 2 == 0 else r + "#" for i, r in enumerate(refs)]
+    write_jsonl(
+        tmp_path / "gen.jsonl", [{"q": p, "a": " " + t} for p, t in zip(prompts, targets, strict=True)]
+    )
+    spec = TaskSpec(
+        name="gen",
+        data={"path": "json", "data_files": "gen.jsonl"},
+        kind="generate",
+        prompt="{q}",
+        target="{a}",
+        max_new_tokens=MAX_NEW,
+        stop=list(stop),
+        **spec_kw,
+    )
+    return spec, prompts, refs
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_generate_matches_one_at_a_time_generate(tmp_path, char_tokenizer, arch):
+    model = _frequent_eos(_model(arch), char_tokenizer)
+    spec, prompts, refs = _task(tmp_path, char_tokenizer, model)
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    result = scorer.score(model)
+
+    assert list(result.predictions) == refs
+    # Rows really differ: some stopped early (EOS or stop string), some ran to max_new_tokens.
+    lengths = {len(r) for r in refs}
+    assert len(lengths) > 2 and max(lengths) >= MAX_NEW - 2
+    # exact_match by hand: even examples match (target == reference), odd ones do not.
+    expected = [1.0 if i % 2 == 0 else 0.0 for i in range(len(prompts))]
+    assert result.per_example == tuple(expected)
+    assert result.value == sum(expected) / len(expected)
+    assert result.higher_is_better and result.name == "gen"
+
+
+def test_batch_size_and_limit_do_not_change_scores(tmp_path, char_tokenizer):
+    model = _frequent_eos(_model("llama"), char_tokenizer)
+    spec, _, refs = _task(tmp_path, char_tokenizer, model, n=12, seed=1)
+    auto = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
+    fixed = TaskScorer(spec.model_copy(update={"batch_size": 5}), char_tokenizer, base_dir=tmp_path)
+    assert fixed.score(model) == auto
+    first = fixed.score(model, limit=4)
+    assert first.per_example == auto.per_example[:4]
+    assert list(first.predictions) == refs[:4]
+    assert fixed.score(model, limit=100).per_example == auto.per_example
+
+
+def test_weights_changed_in_place_are_seen(tmp_path, char_tokenizer):
+    """The search writes new weights into the same model object: nothing weight-dependent is cached."""
+    model = _frequent_eos(_model("llama"), char_tokenizer)
+    spec, prompts, _ = _task(tmp_path, char_tokenizer, model, n=8, seed=2)
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    before = scorer.score(model)
+    models.perturb(model, 0.5, seed=5)
+    after = scorer.score(model)
+    expected = [reference_generate(model, char_tokenizer, p, MAX_NEW, STOP) for p in prompts]
+    assert list(after.predictions) == expected
+    assert list(after.predictions) != list(before.predictions)
+
+
+def test_model_mode_is_restored(tmp_path, char_tokenizer):
+    model = _model("llama")
+    spec, _, _ = _task(tmp_path, char_tokenizer, model, n=3)
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    model.train()
+    scorer.score(model)
+    assert model.training
+    model.eval()
+
+
+def test_tokenizer_without_pad_token(tmp_path, char_tokenizer, llama_model):
+    spec, _, refs = _task(tmp_path, char_tokenizer, llama_model, n=10, seed=3)
+    no_pad = models.build_char_tokenizer()
+    no_pad.pad_token = None
+    assert no_pad.pad_token_id is None
+    result = TaskScorer(spec, no_pad, base_dir=tmp_path).score(llama_model)
+    assert list(result.predictions) == refs
+
+
+def test_long_prompts_truncated_from_the_left(tmp_path, char_tokenizer, caplog):
+    model = models.build_model(models.tiny_llama_config(max_position_embeddings=48), seed=4)
+    prompts = random_prompts(6, seed=4, lengths=(5, 30, 100))
+    assert any(len(p) > 48 for p in prompts)
+    write_jsonl(tmp_path / "long.jsonl", [{"q": p, "a": "x"} for p in prompts])
+    spec = TaskSpec(
+        name="long",
+        data={"path": "json", "data_files": str(tmp_path / "long.jsonl")},
+        prompt="{q}",
+        target="{a}",
+        max_new_tokens=8,
+    )
+    with caplog.at_level("WARNING", logger="hf_recycle.score"):
+        result = TaskScorer(spec, char_tokenizer).score(model)
+    assert "truncated from the left" in caplog.text and "'long'" in caplog.text
+    room = 48 - 8
+    expected = [
+        reference_generate(model, char_tokenizer, char_tokenizer(p)["input_ids"][-room:], 8) for p in prompts
+    ]
+    assert list(result.predictions) == expected
+
+
+def test_chat_template_wraps_the_prompt(tmp_path, llama_model):
+    tokenizer = models.build_char_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['content'] }}>{% endfor %}{% if add_generation_prompt %}:{% endif %}"
+    )
+    prompts = random_prompts(4, seed=5, lengths=(3, 20))
+    write_jsonl(tmp_path / "chat.jsonl", [{"q": p, "a": "x"} for p in prompts])
+    spec = TaskSpec(
+        name="chat",
+        data={"path": "json", "data_files": str(tmp_path / "chat.jsonl")},
+        prompt="{q}",
+        target="{a}",
+        chat_template=True,
+        max_new_tokens=6,
+    )
+    result = TaskScorer(spec, tokenizer).score(llama_model)
+    assert list(result.predictions) == [
+        reference_generate(llama_model, tokenizer, f"<{p}>:", 6) for p in prompts
+    ]
+
+
+def test_inference_runs_without_grad(tmp_path, char_tokenizer, llama_model):
+    spec, _, _ = _task(tmp_path, char_tokenizer, llama_model, n=2)
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    torch.set_grad_enabled(True)
+    scorer.score(llama_model)
+    assert all(p.grad is None for p in llama_model.parameters())

@@ -1,0 +1,181 @@
+"""``choice``, ``loglikelihood`` and ``perplexity`` tasks against unpadded one-at-a-time forwards."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from score_reference import random_prompts, reference_logprob, write_jsonl
+
+from hf_recycle.score.scorer import TaskScorer
+from hf_recycle.score.tasks import TaskSpec
+
+
+def _choice_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    prompts = random_prompts(n, seed=seed)
+    rows = []
+    for p in prompts:
+        options = [
+            "".join(rng.choice("klmnopqrs ") for _ in range(rng.choice((1, 3, 12))))
+            for _ in range(rng.choice((2, 4)))
+        ]
+        options = list(dict.fromkeys(options))
+        if len(options) < 2:
+            options.append("zz")
+        rows.append({"q": p, "options": options, "label": rng.randrange(len(options))})
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_choice_matches_one_at_a_time_forwards(tmp_path, char_tokenizer, llama_model, gpt2_model, arch):
+    model = llama_model if arch == "llama" else gpt2_model
+    rows = _choice_rows(20, seed=7)
+    write_jsonl(tmp_path / "choice.jsonl", rows)
+    spec = TaskSpec(
+        name="mc",
+        data={"path": "json", "data_files": "choice.jsonl"},
+        kind="choice",
+        prompt="{q} ->",
+        target="{label}",
+        options="options",
+    )
+    result = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
+
+    expected_pred = []
+    for row in rows:
+        scores = [reference_logprob(model, char_tokenizer, row["q"] + " ->", o)[0] for o in row["options"]]
+        expected_pred.append(max(range(len(scores)), key=scores.__getitem__))
+    assert list(result.predictions) == expected_pred
+    expected = [float(p == row["label"]) for p, row in zip(expected_pred, rows, strict=True)]
+    assert result.per_example == tuple(expected)
+    assert result.value == sum(expected) / len(expected)
+    assert 0 < result.value < 1  # not a degenerate check
+
+
+def test_choice_target_as_option_text(tmp_path, char_tokenizer, llama_model):
+    rows = _choice_rows(6, seed=8)
+    for row in rows:
+        row["answer"] = row["options"][row["label"]]
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    by_text = TaskSpec(
+        name="t",
+        data={"path": "json", "data_files": "c.jsonl"},
+        kind="choice",
+        prompt="{q}",
+        target="{answer}",
+        options="options",
+    )
+    by_index = by_text.model_copy(update={"target": "{label}"})
+    a = TaskScorer(by_text, char_tokenizer, base_dir=tmp_path).score(llama_model)
+    b = TaskScorer(by_index, char_tokenizer, base_dir=tmp_path).score(llama_model)
+    assert a == b
+
+
+def _text_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {"q": p, "a": "".join(rng.choice("xyz01 ") for _ in range(rng.choice((1, 4, 30))))}
+        for p in random_prompts(n, seed=seed)
+    ]
+
+
+def test_loglikelihood_and_perplexity(tmp_path, char_tokenizer, llama_model):
+    rows = _text_rows(16, seed=9)
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    ll = TaskSpec(
+        name="ll",
+        data={"path": "json", "data_files": "t.jsonl"},
+        kind="loglikelihood",
+        prompt="{q}|",
+        target="{a}",
+    )
+    ppl = ll.model_copy(update={"name": "ppl", "kind": "perplexity"})
+    ll_result = TaskScorer(ll, char_tokenizer, base_dir=tmp_path).score(llama_model)
+    ppl_result = TaskScorer(ppl, char_tokenizer, base_dir=tmp_path).score(llama_model)
+
+    refs = [reference_logprob(llama_model, char_tokenizer, r["q"] + "|", r["a"]) for r in rows]
+    assert ll_result.per_example == pytest.approx([lp for lp, _ in refs], rel=1e-5, abs=1e-5)
+    assert ll_result.value == pytest.approx(sum(lp for lp, _ in refs) / len(refs), rel=1e-5)
+    assert ll_result.higher_is_better and not ppl_result.higher_is_better
+    assert ppl_result.per_example == pytest.approx([math.exp(-lp / n) for lp, n in refs], rel=1e-5)
+    corpus = math.exp(-sum(lp for lp, _ in refs) / sum(n for _, n in refs))
+    assert ppl_result.value == pytest.approx(corpus, rel=1e-5)
+    assert list(ppl_result.predictions) == [n for _, n in refs]
+
+
+def test_likelihood_batch_size_invariant(tmp_path, char_tokenizer, gpt2_model):
+    rows = _text_rows(10, seed=10)
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    spec = TaskSpec(
+        name="ll",
+        data={"path": "json", "data_files": "t.jsonl"},
+        kind="loglikelihood",
+        prompt="{q}",
+        target="{a}",
+    )
+    auto = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model)
+    ones = TaskScorer(spec.model_copy(update={"batch_size": 1}), char_tokenizer, base_dir=tmp_path).score(
+        gpt2_model
+    )
+    assert auto.per_example == pytest.approx(ones.per_example, rel=1e-5, abs=1e-5)
+    assert (
+        TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model, limit=3).per_example
+        == auto.per_example[:3]
+    )
+
+
+def test_perplexity_of_text_without_prompt(tmp_path, llama_model):
+    """An empty prompt: the text is scored after the BOS token, or without one from its second token."""
+    import torch
+
+    from hf_recycle.testing import models
+
+    texts = ["hello world", "ab"]
+    write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
+    spec = TaskSpec(
+        name="ppl",
+        data={"path": "json", "data_files": "t.jsonl"},
+        kind="perplexity",
+        prompt="",
+        target="{text}",
+    )
+    with_bos = models.build_char_tokenizer()
+    no_bos = models.build_char_tokenizer()
+    no_bos.bos_token = None
+
+    def reference(ids: list[int], first: int) -> float:
+        with torch.no_grad():
+            logprobs = torch.log_softmax(llama_model(torch.tensor([ids])).logits[0].float(), -1)
+        lp = sum(logprobs[t - 1, ids[t]].item() for t in range(first, len(ids)))
+        return math.exp(-lp / (len(ids) - first))
+
+    result = TaskScorer(spec, with_bos, base_dir=tmp_path).score(llama_model)
+    expected = [reference([with_bos.bos_token_id, *with_bos(t)["input_ids"]], 1) for t in texts]
+    assert result.per_example == pytest.approx(expected, rel=1e-5)
+    result = TaskScorer(spec, no_bos, base_dir=tmp_path).score(llama_model)
+    assert result.per_example == pytest.approx(
+        [reference(no_bos(t)["input_ids"], 1) for t in texts], rel=1e-5
+    )
+
+
+def test_long_sequences_truncated_keep_the_target(tmp_path, char_tokenizer, caplog):
+    from hf_recycle.testing import models
+
+    model = models.build_model(models.tiny_llama_config(max_position_embeddings=32), seed=6)
+    rows = [{"q": "a" * 10 + "b" * 40, "a": "xyz"}, {"q": "short", "a": "01"}]
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    spec = TaskSpec(
+        name="ll",
+        data={"path": "json", "data_files": "t.jsonl"},
+        kind="loglikelihood",
+        prompt="{q}",
+        target="{a}",
+    )
+    with caplog.at_level("WARNING", logger="hf_recycle.score"):
+        result = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
+    assert "1 of 2 sequences" in caplog.text
+    kept = (rows[0]["q"] + "xyz")[-32:]
+    expected = reference_logprob(model, char_tokenizer, kept[:-3], "xyz")[0]
+    assert result.per_example[0] == pytest.approx(expected, rel=1e-5)

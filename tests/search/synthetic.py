@@ -1,0 +1,57 @@
+"""A synthetic task whose best mixture is known: closeness of the live weights to a target merge.
+
+The scorer follows the TaskScorer interface and computes a real function of the live
+model: per tensor ("example"), minus the mean squared distance of the live parameter to
+the target mixture Σ w*ᵢ θᵢ (times 1e4), so the score is maximal (0) at w = w*.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hf_recycle.testing.models import load_state_dict
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    value: float
+    per_example: tuple[float, ...]
+    higher_is_better: bool
+
+
+class TargetMixtureScorer:
+    """Scores a live model by its distance to the mixture ``target`` of ``checkpoints``."""
+
+    def __init__(self, name, checkpoints, target, weight=1.0, sleep=0.0, marker=None):
+        self.name = name
+        self.weight = weight
+        self.higher_is_better = True
+        states = [load_state_dict(p) for p in checkpoints]
+        self.target = {k: sum(float(w) * s[k].float() for w, s in zip(target, states)) for k in states[0]}
+        self.keys = sorted(self.target)
+        self.num_examples = len(self.keys)
+        self.sleep = sleep
+        self.marker = Path(marker) if marker else None
+        self.calls = 0
+
+    def score(self, model, limit=None):
+        self.calls += 1
+        if self.marker is not None:
+            self.marker.write_text(f"{os.getpid()} {self.calls}\n")
+        if self.sleep:
+            time.sleep(self.sleep)
+        live = dict(model.named_parameters())
+        n = self.num_examples if limit is None else min(limit, self.num_examples)
+        per = []
+        for key in self.keys[:n]:
+            param = live.get(key)
+            if param is None:  # tied head: lm_head is the embedding
+                continue
+            per.append(-1e4 * float(((param.detach().float() - self.target[key]) ** 2).mean()))
+        return Result(self.name, sum(per) / len(per), tuple(per), True)

@@ -1,0 +1,189 @@
+"""End-to-end searches on tiny models: known optimum, baselines, resume after SIGKILL, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import TargetMixtureScorer
+
+from hf_recycle.errors import IncompatibleCheckpointsError, MissingDependencyError, SearchError
+from hf_recycle.recipe import Recipe
+from hf_recycle.search.api import search
+
+HERE = Path(__file__).parent
+TARGET = [0.6, 0.3, 0.1]
+
+
+def _recipe(ckpts, out, tasks=(), **search_spec):
+    """A recipe; ``tasks`` are placeholders named like the injected synthetic scorers."""
+    specs = [{"name": t, "data": "json", "prompt": "{q}", "target": "{a}"} for t in tasks]
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "checkpoints": [str(p) for p in ckpts],
+            "search": search_spec,
+            "tasks": specs,
+            "output": {"dir": str(out)},
+        }
+    )
+
+
+def _trials(storage_url, name="t"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage_url).get_trials(deepcopy=False)
+
+
+def test_search_finds_the_known_best_mixture(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    scorers = [TargetMixtureScorer("mix", ckpts, TARGET)]
+    res = search(_recipe(ckpts, tmp_path, trials=40), scorers=scorers, test_scorers=scorers, n_boot=200)
+    assert res["trials"] == 40
+    np.testing.assert_allclose(res["winner"]["weights"], TARGET, atol=0.06)
+    # baselines: what they are, and the winner beats them on the search split
+    b = res["baselines"]
+    np.testing.assert_allclose(b["uniform"]["weights"], [1 / 3] * 3)
+    singles = [TargetMixtureScorer("mix", ckpts, TARGET)]
+    # independent check of best_single: checkpoint 0 is nearest to the 0.6/0.3/0.1 mixture
+    assert b["best_single"]["checkpoint"] == 0 and b["best_single"]["weights"] == [1.0, 0.0, 0.0]
+    assert b["greedy_soup"]["members"] == [0, 1]  # adding 1 helps; adding 2 to {0, 1} does not
+    np.testing.assert_allclose(b["greedy_soup"]["weights"], [0.5, 0.5, 0.0])
+    for entry in b.values():
+        assert res["winner"]["search"]["mean"] >= entry["search"]["mean"]
+        assert set(entry["search"]) == set(entry["test"]) == {"mix", "mean"}
+    assert res["comparison"]["baseline"] == "greedy_soup" and res["comparison"]["ci_low"] > 0
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["winner"]["weights"] == res["winner"]["weights"]
+    assert [c["path"] for c in on_disk["checkpoints"]] == [str(p) for p in ckpts]
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "plots" / "history.png").is_file()
+    assert singles  # scorer reusable
+    # resuming with a larger budget only adds trials
+    res2 = search(_recipe(ckpts, tmp_path, trials=44), scorers=scorers, test_scorers=None)
+    assert res2["trials"] == 44 and res2["winner"]["search"]["mean"] >= res["winner"]["search"]["mean"]
+
+
+def test_pareto_search_and_layer_granularity(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    scorers = [TargetMixtureScorer("a", ckpts, [1, 0, 0]), TargetMixtureScorer("b", ckpts, [0, 0, 1])]
+    res = search(
+        _recipe(
+            ckpts, tmp_path, ("a", "b"), trials=14, sampler="random", objective="pareto", granularity="layers:1"
+        ),
+        scorers=scorers,
+        test_scorers=scorers,
+        n_boot=100,
+    )
+    front = res["pareto"]
+    assert front and all("test" in m and "comparison" in m for m in front)
+    assert set(res["winner"]["layer_weights"]) == {"embeddings", "layers.0-0", "layers.1-1", "head"}
+    trials = [t for t in _trials(f"sqlite:///{tmp_path / 'study.db'}") if t.state.name == "COMPLETE"]
+    for m in front:  # no complete trial dominates a front member
+        sa, sb = m["search"]["a"], m["search"]["b"]
+        assert not any(
+            t.values[0] >= sa and t.values[1] >= sb and (t.values[0] > sa or t.values[1] > sb) for t in trials
+        )
+    assert (tmp_path / "plots" / "pareto.png").is_file()
+
+
+def test_bad_input_is_refused(llama_pool, gpt2_pool, tmp_path, monkeypatch):
+    _, ckpts = llama_pool
+    one = [TargetMixtureScorer("mix", ckpts, TARGET)]
+    with pytest.raises(SearchError, match="trials must be a positive"):
+        search(_recipe(ckpts, tmp_path), trials=0, scorers=one)
+    with pytest.raises(SearchError, match="at least 2 checkpoints"):
+        search(_recipe(ckpts[:1], tmp_path), scorers=one)
+    with pytest.raises(SearchError, match="pareto"):
+        search(_recipe(ckpts, tmp_path, ("mix", "other"), objective="pareto", sampler="tpe"), scorers=one)
+    with pytest.raises(SearchError, match="below the 6 trials the baselines"):
+        search(_recipe(ckpts, tmp_path, trials=5), scorers=one)
+    with pytest.raises(IncompatibleCheckpointsError):
+        search(_recipe([ckpts[0], gpt2_pool[1][0]], tmp_path), scorers=one)
+    monkeypatch.setitem(sys.modules, "cmaes", None)
+    with pytest.raises(MissingDependencyError, match="'cmaes'"):
+        search(_recipe(ckpts, tmp_path / "m"), scorers=one)
+
+
+_WORKER = """
+import sys, json
+sys.path.insert(0, {here!r})
+from synthetic import TargetMixtureScorer
+from hf_recycle.recipe import Recipe
+from hf_recycle.search.api import search
+ckpts = {ckpts!r}
+recipe = Recipe.model_validate({{"name": "t", "checkpoints": ckpts, "search": {{"trials": {trials}}}, "output": {{"dir": {out!r}}}}})
+scorers = [TargetMixtureScorer("mix", ckpts, {target!r}, sleep={sleep}, marker={marker!r})]
+search(recipe, scorers=scorers)
+"""
+
+
+def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    n = 12
+    script = tmp_path / "worker.py"
+    marker = tmp_path / "marker"
+    script.write_text(
+        _WORKER.format(
+            here=str(HERE), ckpts=[str(p) for p in ckpts], trials=n, out=str(tmp_path), target=TARGET,
+            sleep=0.4, marker=str(marker),
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            time.sleep(0.1)
+            if not (tmp_path / "study.db").exists() or not marker.exists():
+                continue
+            try:
+                states = [t.state.name for t in _trials(url)]
+            except Exception:
+                continue
+            if states.count("COMPLETE") >= 4 and "RUNNING" in states:
+                break
+        else:
+            pytest.fail("the worker did not get going")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = _trials(url)
+    running = [t for t in before if t.state.name == "RUNNING"]
+    assert len(running) == 1
+    killed = running[0]
+    done_before = {t.number: t.values for t in before if t.state.name == "COMPLETE"}
+
+    scorers = [TargetMixtureScorer("mix", ckpts, TARGET)]
+    res = search(_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
+    after = _trials(url)
+    complete = [t for t in after if t.state.name == "COMPLETE"]
+    assert len(complete) == n == res["trials"]
+    by_number = {t.number: t for t in after}
+    assert by_number[killed.number].state.name == "FAIL"
+    retries = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].params == killed.params
+    for number, values in done_before.items():  # nothing lost
+        assert by_number[number].state.name == "COMPLETE" and by_number[number].values == values
+    kinds = [(t.user_attrs.get("baseline"), t.user_attrs.get("checkpoint")) for t in complete if t.user_attrs.get("baseline") in ("uniform", "single")]
+    assert sorted(kinds, key=str) == sorted([("uniform", None), ("single", 0), ("single", 1), ("single", 2)], key=str)
+    # a second rerun has nothing to do
+    res = search(_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
+    assert res["trials"] == n and len(_trials(url)) == len(after)
+
+
+def test_study_of_another_recipe_is_not_resumed(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+    one = [TargetMixtureScorer("mix", ckpts, TARGET)]
+    search(_recipe(ckpts, tmp_path, trials=6, sampler="random"), scorers=one)
+    with pytest.raises(SearchError, match="different search"):
+        search(_recipe(ckpts, tmp_path, trials=6, sampler="random", weights="signed"), scorers=one)
