@@ -31,6 +31,9 @@ format: install
 	$(BIN)/ruff check --fix hf_recycle tests benchmarks
 	$(BIN)/ruff format hf_recycle tests benchmarks
 
+demo: install
+	$(BIN)/python -m hf_recycle.demo --figure docs/demo_pareto.png
+
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 

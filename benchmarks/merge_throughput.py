@@ -115,7 +115,13 @@ def timed(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024, "stderr": stderr}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_bytes": usage.ru_maxrss * 1024,
+        "stderr": stderr,
+    }
 
 
 def warm(paths: list[Path]) -> None:
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_seconds": seconds,
             "input_gb_per_s": input_bytes / 1e9 / seconds,
             "median_peak_rss_mb": statistics.median(r["peak_rss_bytes"] for r in results) / 1e6,
+            "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in results),
             "runs_seconds": [round(r["seconds"], 3) for r in results],
         }
 

@@ -133,3 +133,16 @@ class AdapterBaseError(MergeConfigError):
     base:); its adapter_config.json names 'meta-llama/Llama-3.2-1B', which is not a local
     folder``.
     """
+
+
+# --- Trainer callback ---------------------------------------------------------------------
+
+
+class RecycleCallbackError(HfRecycleError, ValueError):
+    """:class:`~hf_recycle.RecycleCallback` cannot recycle this Trainer run as configured.
+
+    Raised at train begin, before any training step, so that a long run does not end in a
+    failed recycle. Example: ``RecycleCallback needs a tokenizer to score the recipe's
+    tasks: pass processing_class=tokenizer to the Trainer, or tokenizer=... to
+    RecycleCallback``.
+    """

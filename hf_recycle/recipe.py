@@ -13,10 +13,20 @@ resolves against the current working directory (like every command-line path).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hf_recycle.errors import RecipeError
 from hf_recycle.score.tasks import TaskSpec
@@ -27,6 +37,20 @@ SamplerName = Literal["cmaes", "tpe", "gp", "random", "nsga2"]
 BaselineName = Literal["uniform", "best_single", "greedy_soup"]
 _GRANULARITY_RE = re.compile(r"^(model|layers:[1-9]\d*)$")
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# datasets' split syntax: name, name[a:b], name[a%:b%], optional rounding, parts joined by +
+_SPLIT_PART = r"[A-Za-z0-9_][\w.-]*(\[\s*-?\d*%?\s*:\s*-?\d*%?\s*\](\((closest|pct1_dropremainder)\))?)?"
+_SPLIT_RE = re.compile(rf"^\s*{_SPLIT_PART}(\s*\+\s*{_SPLIT_PART})*\s*$")
+_SKIP_CROSS_FIELDS = "hf_recycle_skip_cross_fields"
+
+
+def _spec(value: str) -> str:
+    from hf_recycle.hub.spec import parse_spec
+
+    parse_spec(value)  # raises SpecError (a ValueError) naming the spec
+    return value
+
+
+CheckpointSpecStr = Annotated[str, AfterValidator(_spec)]
 
 
 class _Strict(BaseModel):
@@ -102,8 +126,8 @@ class Recipe(_Strict):
     """A whole recipe. ``checkpoints`` may be empty only when a Trainer callback supplies them."""
 
     name: str
-    checkpoints: list[str] = Field(default_factory=list)
-    base: str | None = None
+    checkpoints: list[CheckpointSpecStr] = Field(default_factory=list)
+    base: CheckpointSpecStr | None = None
     endpoint: str | None = None
     merge: MergeSpec = Field(default_factory=MergeSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -111,25 +135,20 @@ class Recipe(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     push: PushSpec | None = None
 
-    @field_validator("checkpoints")
+    @field_validator("endpoint")
     @classmethod
-    def _specs(cls, value: list[str]) -> list[str]:
-        from hf_recycle.hub.spec import parse_spec
-
-        for spec in value:
-            parse_spec(spec)  # raises SpecError (a ValueError) naming the spec
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"'{value}' is not an http(s) URL, e.g. https://huggingface.co")
         return value
 
     @model_validator(mode="after")
-    def _cross_fields(self) -> Recipe:
-        if self.merge.method in TASK_VECTOR_METHODS and self.base is None:
-            raise ValueError(f"merge.method '{self.merge.method}' needs a base: add 'base: <spec>'")
-        if self.search.objective == "pareto" and len(self.tasks) < 2:
-            raise ValueError("search.objective 'pareto' needs at least 2 tasks (one objective per task)")
-        names = [t.name for t in self.tasks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"task names must be unique; repeated: {', '.join(dupes)}")
+    def _cross_fields(self, info: ValidationInfo) -> Recipe:
+        if info.context and info.context.get(_SKIP_CROSS_FIELDS):
+            return self  # from_text checks them on the raw data, with their lines
+        problems = cross_field_problems(self.model_dump(by_alias=True))
+        if problems:
+            raise ValueError("; ".join(f"{_field_name(loc)}: {msg}" for loc, msg in problems))
         return self
 
     # --- loading ------------------------------------------------------------------------
@@ -163,10 +182,17 @@ class Recipe(_Strict):
             raise RecipeError(f"{source}:{line}: not valid YAML: {problem}") from None
         if not isinstance(data, dict):
             raise RecipeError(f"{source}:1: a recipe is a mapping of keys (name, checkpoints, tasks, ...)")
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        recipe = None
         try:
-            return cls.model_validate(data)
+            recipe = cls.model_validate(data, context={_SKIP_CROSS_FIELDS: True})
         except ValidationError as exc:
-            raise RecipeError(format_validation_error(exc, node, source)) from None
+            problems += validation_problems(exc, data)
+        problems += cross_field_problems(data)
+        if problems:
+            raise RecipeError(format_problems(problems, node, source))
+        assert recipe is not None
+        return recipe
 
     @property
     def output_dir(self) -> Path:
@@ -196,18 +222,112 @@ def _line_of(node: Any, loc: tuple[Any, ...]) -> int:
     return line
 
 
-def format_validation_error(exc: ValidationError, node: Any, source: str) -> str:
-    """Render every pydantic error as ``source:line: field: message``, one per line."""
-    lines = [f"{source}: {exc.error_count()} problem(s) in the recipe:"]
+def _field_name(loc: tuple[Any, ...]) -> str:
+    """``("tasks", 0, "prompt")`` -> ``tasks[0].prompt``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(recipe)"
+
+
+def _data_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """The part of a pydantic location that indexes into ``data`` (drops union member tags like ``str``)."""
+    out: list[Any] = []
+    for part in loc:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        elif isinstance(data, Mapping) and isinstance(part, str) and not _is_type_tag(part):
+            out.append(part)  # a missing key: name it, then stop
+            break
+        else:
+            continue  # a union member tag (str, list[str], function-after[...])
+        out.append(part)
+    return tuple(out)
+
+
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none")
+
+
+def validation_problems(exc: ValidationError, data: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """Every pydantic error as ``(location in data, message)``; union alternatives merged into one."""
+    merged: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic adds the union member / model name to some locations; drop non-field parts
-        loc = tuple(p for p in loc if p not in ("TaskSpec",))
-        field = ".".join(str(p) for p in loc) or "(recipe)"
+        loc = _data_loc(tuple(err["loc"]), data)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see DESIGN.md for the schema)"
+            msg = "unknown key (check the spelling; see the recipe schema in the README)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"{source}:{_line_of(node, loc)}: {field}: {msg}")
+        if msg not in merged.setdefault(loc, []):
+            merged[loc].append(msg)
+    # a union whose value matched one member's shape reports the other members at the parent: keep the deeper error
+    deeper = {loc[:i] for loc in merged for i in range(len(loc))}
+    return [
+        (loc, "; or ".join(msgs))
+        for loc, msgs in merged.items()
+        if not (loc in deeper and all(m.startswith("Input should be a valid") for m in msgs))
+    ]
+
+
+def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Checks that span fields, on raw recipe data (tolerant of wrong types elsewhere).
+
+    A task-vector method needs ``base``; ``pareto`` needs at least 2 tasks; task names are
+    unique; splits follow datasets' syntax (``train``, ``train[:64]``, ``train[10%:]``,
+    ``a+b``).
+    """
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    merge = data.get("merge") if isinstance(data.get("merge"), Mapping) else {}
+    search = data.get("search") if isinstance(data.get("search"), Mapping) else {}
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
+    method = merge.get("method")
+    if method in TASK_VECTOR_METHODS and data.get("base") is None:
+        problems.append(
+            (("merge", "method"), f"'{method}' works on task vectors and needs a base: add 'base: <spec>'")
+        )
+    if search.get("objective") == "pareto" and len(tasks) < 2:
+        problems.append(
+            (
+                ("search", "objective"),
+                f"'pareto' needs at least 2 tasks (one objective per task), got {len(tasks)}",
+            )
+        )
+    seen: dict[str, int] = {}
+    for i, task in enumerate(tasks):
+        if not isinstance(task, Mapping):
+            continue
+        name = task.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(
+                    ((("tasks", i, "name")), f"task name '{name}' is already used by tasks[{seen[name]}]")
+                )
+            seen.setdefault(name, i)
+        for key in ("search_split", "test_split"):
+            split = task.get(key)
+            if isinstance(split, str) and split.strip() and not _SPLIT_RE.match(split):
+                problems.append(
+                    (
+                        ("tasks", i, key),
+                        f"'{split}' is not a split expression: write a split name with an optional slice, "
+                        "like train, train[:64], train[64:], validation[:10%] or train+validation",
+                    )
+                )
+    return problems
+
+
+def format_problems(problems: list[tuple[tuple[Any, ...], str]], node: Any, source: str) -> str:
+    """Render problems as ``source:line: field: message``, one per line, in file order."""
+    rows = sorted(((_line_of(node, loc), _field_name(loc), msg) for loc, msg in problems), key=lambda r: r[0])
+    noun = "problem" if len(rows) == 1 else "problems"
+    lines = [f"{source}: {len(rows)} {noun} in the recipe:"]
+    lines += [f"{source}:{line}: {field}: {msg}" for line, field, msg in rows]
     return "\n".join(lines)
+
+
+def format_validation_error(exc: ValidationError, node: Any, source: str, data: Any = None) -> str:
+    """Render every pydantic error as ``source:line: field: message``, one per line."""
+    return format_problems(validation_problems(exc, data if data is not None else {}), node, source)

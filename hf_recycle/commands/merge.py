@@ -10,6 +10,8 @@ examples:
   hf-recycle merge a b --weights 0.7,0.3 --dtype bfloat16 --output merged
   hf-recycle merge ft-math ft-code --base base --method ties --density 0.5 --output merged
   hf-recycle merge ft-math ft-code --base base --method dare_ties --density 0.3 --seed 1 --output merged
+  hf-recycle merge lora-a lora-b full-ft --base base --weights 0.4,0.4,0.2 --output merged
+  hf-recycle merge lora-a lora-b --base base --output-format lora --lora-rank 16 --output merged-lora
 """
 
 METHOD_NAMES = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
@@ -73,6 +75,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace DIR if it exists (once the merge succeeded)"
     )
     parser.add_argument(
+        "--output-format",
+        default="full",
+        choices=("full", "lora"),
+        help="full: a checkpoint (default); lora: one PEFT adapter, when every input is a LoRA adapter "
+        "over one base (linear or task_arithmetic)",
+    )
+    parser.add_argument(
+        "--lora-rank",
+        default="exact",
+        metavar="exact|R",
+        help="rank of --output-format lora: exact (concatenated factors, rank = sum of ranks; default) "
+        "or R (per-module SVD truncation; errors recorded in merge_config.json)",
+    )
+    parser.add_argument(
         "--allow-pickle",
         action="store_true",
         help="accept pytorch_model.bin inputs (loaded with weights_only=True)",
@@ -113,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         max_shard_size=args.max_shard_size,
         overwrite=args.overwrite,
         allow_pickle=args.allow_pickle,
+        output_format=args.output_format,
+        lora_rank=args.lora_rank,
     )
     print(result.output)
     return 0

@@ -36,11 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="Optuna storage: sqlite:///path.db, postgresql://..., journal:/path.log (default: <output>/study.db)",
     )
-    parser.add_argument("--study", metavar="NAME", help="study name (default: search.study, else the recipe name)")
-    parser.add_argument("--output", "-o", metavar="DIR", help="output folder (default: the recipe's output.dir)")
+    parser.add_argument(
+        "--study", metavar="NAME", help="study name (default: search.study, else the recipe name)"
+    )
+    parser.add_argument(
+        "--output", "-o", metavar="DIR", help="output folder (default: the recipe's output.dir)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the live model runs")
     parser.add_argument(
-        "--create-only", action="store_true", help="create the study in the storage and exit (before workers start)"
+        "--create-only",
+        action="store_true",
+        help="create the study in the storage and exit (before workers start)",
     )
     parser.add_argument("--json", action="store_true", help="print results.json to stdout")
     parser.set_defaults(func=run)
@@ -55,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.create_only:
         name = create_study(args.recipe, storage=args.storage, study=args.study, output_dir=args.output)
-        print(f"study '{name}' is ready; start the workers with: hf-recycle search {args.recipe}", file=sys.stderr)
+        print(
+            f"study '{name}' is ready; start the workers with: hf-recycle search {args.recipe}",
+            file=sys.stderr,
+        )
         return 0
     results = search(
         args.recipe,

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,8 @@ def merge(
     allow_pickle: bool = False,
     endpoint: str | None = None,
     token: str | None = None,
+    output_format: str = "full",
+    lora_rank: str | int = "exact",
 ) -> MergeResult:
     """Merge checkpoints into a new checkpoint folder, streaming tensors from disk.
 
@@ -139,6 +143,9 @@ def merge(
         allow_pickle: Accept ``pytorch_model.bin`` inputs, loaded with ``torch.load(weights_only=True)``.
         endpoint: Hub endpoint for Hub specs (reserved for Hub resolution).
         token: Hub token for Hub specs (reserved for Hub resolution).
+        output_format: ``full`` (a checkpoint) or ``lora`` (every input a LoRA adapter over one
+            base: one PEFT adapter holding Σ cᵢ·ΔWᵢ, see :mod:`hf_recycle.merge.lora_output`).
+        lora_rank: For ``lora``: ``exact`` (concatenated factors) or a rank R (SVD truncation).
 
     Returns:
         A :class:`MergeResult`.
@@ -176,9 +183,19 @@ def merge(
             f"output folder '{output}' already exists: pass --overwrite to replace it, or choose another folder"
         )
 
+    if output_format not in ("full", "lora"):
+        raise MergeConfigError(f"output format '{output_format}' is not supported: use full or lora")
     inputs = open_inputs(checkpoints, base, allow_pickle=allow_pickle, endpoint=endpoint, token=token)
     try:
         _check_output_location(output, inputs)
+        if output_format == "lora":  # LoRA adapters in, one LoRA adapter out
+            from hf_recycle.merge.lora_output import merge_to_lora_folder, parse_lora_rank
+
+            return merge_to_lora_folder(
+                inputs, output, method=merge_method, weights=weight_list, params=params,
+                lora_rank=parse_lora_rank(lora_rank), out_dtype=out_dtype, device=run_device,
+                overwrite=overwrite, started=started,
+            )  # fmt: skip
         if base is not None and not merge_method.needs_base:
             logger.info(
                 "method '%s' does not use the base's weights; config and tokenizer come from it", method
@@ -316,7 +333,7 @@ class StreamingMerger:
                 reference.shape(key),
                 self.out_dtype
                 if self.out_dtype is not None and self._mergeable(key)
-                else reference.dtype(key),
+                else getattr(reference, "output_dtype", reference.dtype)(key),  # LoRA: base's dtype
             )
             for key in reference.keys()
         ]
@@ -324,6 +341,7 @@ class StreamingMerger:
         self.output_bytes = sum(e.nbytes for e in self.entries)
         self._io = Workspace("cpu")
         self._work = Workspace(self.device)
+        self._out = Workspace("cpu")
 
     def _mergeable(self, key: str) -> bool:
         return all(s.dtype(key).is_floating_point for s in self._readers)
@@ -338,17 +356,42 @@ class StreamingMerger:
         return dtype_name(max(sizes, key=sizes.get)) if sizes else "float32"  # type: ignore[arg-type]
 
     def run(self, folder: Path, max_shard_size: int) -> list[str]:
-        """Merge every tensor into shards under ``folder``; return the file names."""
+        """Merge every tensor into shards under ``folder``; return the file names.
+
+        Reading the next block, combining the current one and writing the previous one
+        overlap (one reader and one writer thread; ``pread``/``pwrite`` release the GIL).
+        On the CPU the arithmetic runs on one intra-op thread for the duration of the
+        merge: the I/O threads use the other cores, and OpenMP barriers on a busy
+        machine cost far more than a second arithmetic thread gains.
+        """
         writer = ShardedSafetensorsWriter(folder, self.entries, max_shard_size)
         total = sum(s.nbytes(e.key) for e in self.entries for s in self._readers)
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
         try:
-            with _progress(total) as bar:
-                for entry in self.entries:
-                    self._merge_tensor(entry, writer, bar)
+            with (
+                _progress(total) as bar,
+                ThreadPoolExecutor(1, thread_name_prefix="hf-recycle-read") as reader,
+                ThreadPoolExecutor(1, thread_name_prefix="hf-recycle-write") as writes,
+            ):
+                pending: list[Future] = []
+                try:
+                    for entry in self.entries:
+                        if not self._mergeable(entry.key):
+                            self._copy_tensor(entry, writer, bar)
+                    self._merge_blocks(writer, bar, reader, writes, pending)
+                finally:
+                    for future in pending:  # let in-flight writes finish before the files close
+                        future.cancel()
+                        with contextlib.suppress(BaseException):
+                            future.result()
             return writer.close()
         except BaseException:
             writer.abort()
             raise
+        finally:
+            torch.set_num_threads(threads)
 
     def _blocks(self, shape: tuple[int, ...]) -> list[slice | None]:
         if not shape:
@@ -363,48 +406,70 @@ class StreamingMerger:
         self, source: TensorSource, slot: str, key: str, rows: slice | None, shape: tuple[int, ...]
     ) -> torch.Tensor:
         dtype = source.dtype(key)
+        if getattr(source, "computes_on_device", False):  # LoRA: base + ΔW computed on the merge device
+            tensor = source.read(key, rows, device=self.device)
+            self.input_bytes += tensor.numel() * dtype.itemsize
+            return tensor
         buf = self._io.get(f"{slot}:{dtype}", shape, dtype)
         source.read_into(key, buf, rows)
         self.input_bytes += buf.numel() * dtype.itemsize
         return buf
 
-    def _merge_tensor(self, entry: TensorEntry, writer: ShardedSafetensorsWriter, bar: Any) -> None:
-        key, shape = entry.key, entry.shape
-        if not self._mergeable(key):
-            data = self.checkpoints[0].read(key)
-            writer.write(key, data.to(entry.dtype))
-            self.input_bytes += sum(s.nbytes(key) for s in self._readers)
-            bar.update(sum(s.nbytes(key) for s in self._readers))
+    def _copy_tensor(self, entry: TensorEntry, writer: ShardedSafetensorsWriter, bar: Any) -> None:
+        """A non-float tensor (int buffer, bool mask): copied from the first checkpoint."""
+        writer.write(entry.key, self.checkpoints[0].read(entry.key).to(entry.dtype))
+        nbytes = sum(s.nbytes(entry.key) for s in self._readers)
+        self.input_bytes += nbytes
+        bar.update(nbytes)
+
+    def _plan_blocks(self) -> list[tuple[TensorEntry, slice | None, tuple[int, ...]]]:
+        plan = []
+        for entry in self.entries:
+            if self._mergeable(entry.key):
+                for rows in self._blocks(entry.shape):
+                    shape = entry.shape if rows is None else (rows.stop - rows.start, *entry.shape[1:])
+                    plan.append((entry, rows, shape))
+        return plan
+
+    def _read_block(self, parity: int, entry: TensorEntry, rows: slice | None, shape: tuple[int, ...]):
+        """Every input's rows of one block, into the buffer set ``parity`` (runs on the reader thread)."""
+        key = entry.key
+        before = self.input_bytes
+        tensors = [self._read(s, f"in{i}.{parity}", key, rows, shape) for i, s in enumerate(self.checkpoints)]
+        base = self._read(self.base, f"base.{parity}", key, rows, shape) if self.base is not None else None
+        return tensors, base, self.input_bytes - before
+
+    def _merge_blocks(self, writer, bar, reader, writes, pending: list[Future]) -> None:
+        plan = self._plan_blocks()
+        if not plan:
             return
-        numel = entry.numel
-        stats = self._tensor_stats(entry) if self.method.needs_stats(self.params) else None
         cuda = self.device.type == "cuda"
-        for rows in self._blocks(shape):
-            block_shape = shape if rows is None else (rows.stop - rows.start, *shape[1:])
-            before = self.input_bytes
-            tensors = [
-                self._read(s, f"in{i}", key, rows, block_shape) for i, s in enumerate(self.checkpoints)
-            ]
-            base = self._read(self.base, "base", key, rows, block_shape) if self.base is not None else None
+        next_read = reader.submit(self._read_block, 0, *plan[0])
+        stats: TensorStats | None = None
+        for j, (entry, rows, shape) in enumerate(plan):
+            key = entry.key
+            if rows is None or rows.start == 0:
+                stats = self._tensor_stats(entry) if self.method.needs_stats(self.params) else None
+            tensors, base, nbytes = next_read.result()
+            # the buffers of block j + 1 are those of block j - 1, whose arithmetic is done
+            if j + 1 < len(plan):
+                next_read = reader.submit(self._read_block, (j + 1) % 2, *plan[j + 1])
             if cuda:
                 tensors = [t.to(self.device, non_blocking=True) for t in tensors]
                 base = base.to(self.device, non_blocking=True) if base is not None else None
             merged = self.method.combine(
                 tensors, self.weights, base, self.params, key,
-                rows=rows, numel=numel, stats=stats,
-                out=self._work.get("out", block_shape), workspace=self._work,
+                rows=rows, numel=entry.numel, stats=stats,
+                out=self._work.get("out", shape), workspace=self._work,
             )  # fmt: skip
-            if entry.dtype != torch.float32:
-                merged = self._work.get(f"cast:{entry.dtype}", block_shape, entry.dtype).copy_(merged)
-            if not bool(torch.isfinite(merged).all()):
-                raise NonFiniteError(
-                    f"merging tensor '{key}' with {self.method.name} produced NaN or Inf values"
-                    f"{' after casting to ' + dtype_name(entry.dtype) if entry.dtype != torch.float32 else ''}: "
-                    "check the inputs for NaN/Inf and the weights/lambda for overflow, or use --dtype float32; "
-                    "nothing was written"
-                )
-            writer.write(key, merged, row_start=0 if rows is None else rows.start)
-            bar.update(self.input_bytes - before)
+            if len(pending) >= 2:  # the output buffer about to be reused must be on disk
+                pending.pop(0).result()
+            result = self._out.get(f"out.{j % 2}:{entry.dtype}", shape, entry.dtype).copy_(merged)
+            _check_finite(result, key, self.method.name)
+            pending.append(writes.submit(writer.write, key, result, 0 if rows is None else rows.start))
+            bar.update(nbytes)
+        while pending:
+            pending.pop(0).result()
 
     def _tensor_stats(self, entry: TensorEntry) -> TensorStats:
         """Whole-tensor statistics of |τᵢ| (TIES thresholds), computed on the CPU block by block."""
@@ -426,6 +491,19 @@ class StreamingMerger:
                 target.copy_(x).sub_(b).abs_()
             thresholds.append(self.method.tensor_stats([magnitude], self.params).thresholds[0])
         return TensorStats(tuple(thresholds))
+
+
+def _check_finite(tensor: torch.Tensor, key: str, method: str) -> None:
+    """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or Inf (one cheap sum in the common case)."""
+    if math.isfinite(float(tensor.sum(dtype=torch.float32))):
+        return
+    if bool(torch.isfinite(tensor).all()):
+        return  # finite values whose sum overflowed
+    cast = f" after casting to {dtype_name(tensor.dtype)}" if tensor.dtype != torch.float32 else ""
+    raise NonFiniteError(
+        f"merging tensor '{key}' with {method} produced NaN or Inf values{cast}: check the inputs for "
+        "NaN/Inf and the weights/lambda for overflow, or use --dtype float32; nothing was written"
+    )
 
 
 def align_tied_heads(sources: Sequence[TensorSource]) -> tuple[list[TensorSource], bool]:

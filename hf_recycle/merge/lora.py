@@ -344,7 +344,9 @@ class LoraSource(TensorSource):
     """A LoRA adapter over its base, yielding the base's tensors with ΔW added.
 
     Tensors the adapter does not touch are the base's, as stored. Tensors it changes are
-    returned in float32: base (or the adapter's saved replacement) + s · B @ A.
+    returned in float32: base (or the adapter's saved replacement) + s · B @ A, computed
+    on the ``device`` given to :meth:`read` (the engine passes its own, see
+    ``computes_on_device``).
 
     Args:
         path: The adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
@@ -358,6 +360,9 @@ class LoraSource(TensorSource):
         ShapeMismatchError: The adapter does not fit the base's shapes.
         IncompatibleCheckpointsError: An adapter module has no tensor in the base.
     """
+
+    #: The engine reads changed tensors with ``read(..., device=<merge device>)`` (ΔW on the GPU).
+    computes_on_device = True
 
     def __init__(
         self, path: str | Path, base: TensorSource, name: str | None = None, allow_pickle: bool = False
@@ -518,6 +523,15 @@ class LoraSource(TensorSource):
     def dtype(self, key: str) -> torch.dtype:
         if key in self.modules or key in self._bias_deltas:
             return torch.float32
+        if key in self.replaced:
+            return self._tensors.dtype(self.replaced[key])
+        return self.base.dtype(key)
+
+    def output_dtype(self, key: str) -> torch.dtype:
+        """The dtype tensor ``key`` is stored in (replacement or base), for ``dtype="auto"`` outputs.
+
+        :meth:`dtype` says float32 for the tensors ΔW changes, as :meth:`read` returns them.
+        """
         if key in self.replaced:
             return self._tensors.dtype(self.replaced[key])
         return self.base.dtype(key)

@@ -20,11 +20,12 @@ The output loads with ``PeftModel.from_pretrained(base_model, folder)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,21 @@ def check_lora_inputs(checkpoints: Sequence[TensorSource]) -> list[LoraSource]:
     return sources
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on the CPU, as the streaming engine does: the ops here are small (m × Σr
+    panels, r × r SVDs), and OpenMP barriers on a busy machine make them 10-50x slower."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _truncate(u: torch.Tensor, v: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Best rank-``rank`` factors of U @ V (Eckart–Young) and the relative Frobenius error."""
     u64, v64 = u.double(), v.double()
@@ -224,6 +240,47 @@ def write_lora_merge(
     dtype = out_dtype or (first_dtypes[0] if first_dtypes else torch.float32)
     report = LoraMergeReport(files=[], lora_rank=lora_rank, coefficients=coefficients)
 
+    with _one_cpu_thread(device):
+        tensors, targets, ranks = _merge_factors(sources, coefficients, lora_rank, dtype, device, report)
+        full_tensors = _merge_full_tensors(sources, coefficients, targets, device)
+    for name, value in full_tensors.items():
+        tensors[name] = value.contiguous().cpu()
+    report.full_tensors = list(full_tensors)
+
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(folder / ADAPTER_SAFETENSORS), metadata={"format": "pt"})
+    report.output_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    config = _adapter_config(sources, targets, ranks, full_tensors)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    report.files = [ADAPTER_SAFETENSORS, ADAPTER_CONFIG]
+    for name in _TOKENIZER_FILES:
+        for where in (sources[0].path, base.path):
+            src = Path(where) / name
+            if src.is_file():
+                shutil.copyfile(src, folder / name)
+                break
+    if report.modules:
+        logger.info(
+            "wrote a LoRA adapter with %d modules (rank %s, largest relative error %.3g) to %s",
+            len(report.modules),
+            lora_rank,
+            report.record()["max_relative_error"],
+            folder,
+        )
+    return report
+
+
+def _merge_factors(
+    sources: Sequence[LoraSource],
+    coefficients: Sequence[float],
+    lora_rank: str | int,
+    dtype: torch.dtype,
+    device: torch.device,
+    report: LoraMergeReport,
+) -> tuple[dict[str, torch.Tensor], dict[str, LoraModule], dict[str, int]]:
+    """PEFT factor tensors of Σ cᵢ·ΔWᵢ per module, the modules (by path) and their ranks."""
+    base = sources[0].base
     tensors: dict[str, torch.Tensor] = {}
     targets: dict[str, LoraModule] = {}  # module path -> first adapter's module
     ranks: dict[str, int] = {}
@@ -260,33 +317,7 @@ def write_lora_merge(
         for name, value in _peft_factors(first, u, v).items():
             tensors[name] = value.to(dtype).contiguous().cpu()
 
-    full_tensors = _merge_full_tensors(sources, coefficients, targets, device)
-    for name, value in full_tensors.items():
-        tensors[name] = value.contiguous().cpu()
-    report.full_tensors = list(full_tensors)
-
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(folder / ADAPTER_SAFETENSORS), metadata={"format": "pt"})
-    report.output_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    config = _adapter_config(sources, targets, ranks, full_tensors)
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    report.files = [ADAPTER_SAFETENSORS, ADAPTER_CONFIG]
-    for name in _TOKENIZER_FILES:
-        for where in (sources[0].path, base.path):
-            src = Path(where) / name
-            if src.is_file():
-                shutil.copyfile(src, folder / name)
-                break
-    if report.modules:
-        logger.info(
-            "wrote a LoRA adapter with %d modules (rank %s, largest relative error %.3g) to %s",
-            len(report.modules),
-            lora_rank,
-            report.record()["max_relative_error"],
-            folder,
-        )
-    return report
+    return tensors, targets, ranks
 
 
 def _merge_full_tensors(
@@ -364,3 +395,93 @@ def _adapter_config(
 def re_escape_module(module: str) -> str:
     """A rank/alpha pattern key that matches exactly ``module`` (peft matches keys as regexes)."""
     return module.replace(".", r"\.")
+
+
+def merge_to_lora_folder(
+    inputs: Any,
+    output: Path,
+    *,
+    method: MergeMethod,
+    weights: Sequence[float],
+    params: MethodParams,
+    lora_rank: str | int,
+    out_dtype: torch.dtype | None,
+    device: torch.device,
+    overwrite: bool,
+    started: float,
+) -> Any:
+    """The ``output_format="lora"`` branch of :func:`hf_recycle.merge.engine.merge`.
+
+    Writes the adapter into a staging folder renamed into place on success, with
+    ``merge_config.json`` (parameters, inputs, per-module ranks and relative errors) and
+    ``checkpoints.lock.json``.
+
+    Args:
+        inputs: The opened :class:`~hf_recycle.merge.inputs.MergeInputs`.
+        output: The folder to create.
+        method: The merge method (linear or task_arithmetic).
+        weights: One weight per input.
+        params: Method parameters.
+        lora_rank: ``"exact"`` or a truncation rank.
+        out_dtype: dtype of the factors (``None``: that of the first adapter).
+        device: Where to compute.
+        overwrite: Replace ``output`` if it exists.
+        started: ``time.perf_counter()`` when the merge started.
+
+    Returns:
+        A :class:`~hf_recycle.merge.engine.MergeResult`.
+    """
+    import time
+
+    from hf_recycle._version import __version__
+    from hf_recycle.hub.lock import write_lock
+    from hf_recycle.merge.engine import MERGE_CONFIG_FILE, MergeResult, staging_folder
+    from hf_recycle.units import dtype_name
+
+    logger.info(
+        "merging %d LoRA adapters with %s into one LoRA adapter (rank %s) on %s into %s",
+        len(inputs.checkpoints),
+        method.name,
+        lora_rank,
+        device,
+        output,
+    )
+    with staging_folder(output, overwrite) as folder:
+        report = write_lora_merge(
+            folder,
+            inputs.checkpoints,
+            method=method,
+            weights=weights,
+            params=params,
+            lora_rank=lora_rank,
+            out_dtype=out_dtype,
+            device=device,
+        )
+        record = {
+            "hf_recycle_version": __version__,
+            "method": method.name,
+            "pretty_name": method.pretty_name,
+            "reference_url": method.reference_url,
+            "parameters": {
+                "weights": list(weights),
+                "lambda": params.lambda_ if method.needs_base else None,
+                "normalize": params.normalize,
+                "dtype": "auto" if out_dtype is None else dtype_name(out_dtype),
+            },
+            "checkpoints": [r for r in inputs.records if r.get("role") != "base"],
+            "base": next((r for r in inputs.records if r.get("role") == "base"), None),
+            "lora": report.record(),
+            "files": report.files,
+        }
+        (folder / MERGE_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_lock(inputs.pins, folder, base=inputs.base_pin)
+    return MergeResult(
+        output=output,
+        files=tuple(report.files),
+        method=method.name,
+        num_tensors=2 * len(report.modules) + len(report.full_tensors),
+        input_bytes=report.input_bytes,
+        output_bytes=report.output_bytes,
+        seconds=time.perf_counter() - started,
+        device=device.type,
+    )

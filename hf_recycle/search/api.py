@@ -118,11 +118,17 @@ def prepare(
         raise SearchError(f"trials must be a positive number, got {n_trials}: pass --trials N with N >= 1")
     tasks, directions = _task_info(recipe, scorers)
     if not tasks:
-        raise SearchError(f"recipe '{recipe.name}' has no tasks: a search needs at least one task to score candidates")
+        raise SearchError(
+            f"recipe '{recipe.name}' has no tasks: a search needs at least one task to score candidates"
+        )
     if spec.objective == "pareto" and len(tasks) < 2:
-        raise SearchError("objective 'pareto' needs at least 2 tasks (one objective per task): add a task or use objective 'mean'")
+        raise SearchError(
+            "objective 'pareto' needs at least 2 tasks (one objective per task): add a task or use objective 'mean'"
+        )
     if spec.pruning and spec.objective == "pareto":
-        raise SearchError("pruning works with objective 'mean' only (Optuna cannot prune multi-objective trials)")
+        raise SearchError(
+            "pruning works with objective 'mean' only (Optuna cannot prune multi-objective trials)"
+        )
     if len(recipe.checkpoints) == 0:
         raise SearchError(f"recipe '{recipe.name}' lists no checkpoints: a merge search needs at least 2")
     fetched = fetch_checkpoints(recipe.checkpoints, endpoint=recipe.endpoint)
@@ -203,7 +209,9 @@ def create_study(
     scorers: Sequence[Scorer] | None = None,
 ) -> str:
     """Create the recipe's study in its storage (once, before several workers start); return its name."""
-    setup = prepare(recipe, storage=storage, study=study, output_dir=output_dir, base_dir=base_dir, scorers=scorers)
+    setup = prepare(
+        recipe, storage=storage, study=study, output_dir=output_dir, base_dir=base_dir, scorers=scorers
+    )
     try:
         create_or_load_study(open_storage(setup.storage_url, None), setup.study_name, setup.config)
         return setup.study_name
@@ -248,7 +256,13 @@ def search(
     import optuna
 
     setup = prepare(
-        recipe, trials=trials, storage=storage, study=study, output_dir=output_dir, base_dir=base_dir, scorers=scorers
+        recipe,
+        trials=trials,
+        storage=storage,
+        study=study,
+        output_dir=output_dir,
+        base_dir=base_dir,
+        scorers=scorers,
     )
     recipe = setup.recipe
     spec = recipe.search
@@ -274,14 +288,20 @@ def search(
         created = create_or_load_study(storage_obj, setup.study_name, setup.config)
         n_existing = len(created.get_trials(deepcopy=False))
         sampler = make_sampler(
-            spec.sampler, setup.space, seed=spec.seed + n_existing, n_objectives=len(setup.config.optuna_directions), trials=setup.trials
+            spec.sampler,
+            setup.space,
+            seed=spec.seed + n_existing,
+            n_objectives=len(setup.config.optuna_directions),
+            trials=setup.trials,
         )
         pruner = (
             optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
             if spec.pruning
             else optuna.pruners.NopPruner()
         )
-        study_obj = optuna.load_study(study_name=setup.study_name, storage=storage_obj, sampler=sampler, pruner=pruner)
+        study_obj = optuna.load_study(
+            study_name=setup.study_name, storage=storage_obj, sampler=sampler, pruner=pruner
+        )
         objective = TrialObjective(
             setup.space, resident, scorers, spec.objective, spec.pruning_fraction if spec.pruning else None
         )
@@ -306,7 +326,9 @@ def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[list[Any], list[Any
     search_scorers = build_scorers(recipe.tasks, tokenizer, "search", setup.base_dir)
     missing = [t.name for t in recipe.tasks if t.test_split is None]
     if missing:
-        logger.warning("task(s) %s have no test_split: the final report has no test scores", ", ".join(missing))
+        logger.warning(
+            "task(s) %s have no test_split: the final report has no test scores", ", ".join(missing)
+        )
         return search_scorers, None
     return search_scorers, build_scorers(recipe.tasks, tokenizer, "test", setup.base_dir)
 
@@ -315,12 +337,20 @@ def _run_with_progress(study: Any, setup: SearchSetup, objective: TrialObjective
     from tqdm.auto import tqdm
 
     start = finished_count(study.get_trials(deepcopy=False))
-    bar = tqdm(total=setup.trials, initial=min(start, setup.trials), desc="search", unit="trial", disable=not progress)
+    bar = tqdm(
+        total=setup.trials,
+        initial=min(start, setup.trials),
+        desc="search",
+        unit="trial",
+        disable=not progress,
+    )
 
     def on_trial(study_: Any, trial: Any) -> None:
         trials_ = study_.get_trials(deepcopy=False)
         bar.n = min(finished_count(trials_), setup.trials)
-        means = [t.user_attrs["mean"] for t in trials_ if "mean" in t.user_attrs and t.state.name == "COMPLETE"]
+        means = [
+            t.user_attrs["mean"] for t in trials_ if "mean" in t.user_attrs and t.state.name == "COMPLETE"
+        ]
         if means:
             bar.set_postfix(best=f"{max(means):.4g}")
         bar.refresh()
@@ -333,7 +363,9 @@ def _run_with_progress(study: Any, setup: SearchSetup, objective: TrialObjective
         bar.close()
 
 
-def evaluate_weights(resident: Any, scorers: Sequence[Scorer], weights: np.ndarray, density: float | None) -> dict:
+def evaluate_weights(
+    resident: Any, scorers: Sequence[Scorer], weights: np.ndarray, density: float | None
+) -> dict:
     """Write ``weights`` into the resident model and score it: task name -> result."""
     resident.set_weights(np.asarray(weights), density)
     return score_all(resident, scorers)

@@ -64,7 +64,9 @@ class GreedyState:
         return self.next_members is None
 
 
-def greedy_soup_step(single_scores: Sequence[float], soup_scores: Mapping[frozenset[int], float]) -> GreedyState:
+def greedy_soup_step(
+    single_scores: Sequence[float], soup_scores: Mapping[frozenset[int], float]
+) -> GreedyState:
     """Replay greedy soup over the scores known so far.
 
     Args:

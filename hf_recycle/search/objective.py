@@ -44,10 +44,15 @@ class CandidateModel(Protocol):
 def macro_mean(values: dict[str, float], scorers: Sequence[Scorer]) -> float:
     """Task-weighted mean of ``values``, lower-is-better tasks negated: the objective to maximize."""
     total = math.fsum(s.weight for s in scorers)
-    return math.fsum(s.weight * (values[s.name] if s.higher_is_better else -values[s.name]) for s in scorers) / total
+    return (
+        math.fsum(s.weight * (values[s.name] if s.higher_is_better else -values[s.name]) for s in scorers)
+        / total
+    )
 
 
-def score_all(candidate_model: CandidateModel, scorers: Sequence[Scorer], limit_fraction: float | None = None) -> dict:
+def score_all(
+    candidate_model: CandidateModel, scorers: Sequence[Scorer], limit_fraction: float | None = None
+) -> dict:
     """Score the live model on every task; ``limit_fraction`` scores only that share of each split."""
     results = {}
     for scorer in scorers:

@@ -44,7 +44,9 @@ def plot_history(trials: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_weights(labels: list[str], weights: list[float], layer_weights: dict[str, list[float]] | None, path: Path) -> Path:
+def plot_weights(
+    labels: list[str], weights: list[float], layer_weights: dict[str, list[float]] | None, path: Path
+) -> Path:
     """The winner's weight per checkpoint (bars), and per layer group (heatmap) when searched."""
     plt = _pyplot()
     if layer_weights:
@@ -81,11 +83,29 @@ def plot_pareto(
     plt = _pyplot()
     a, b = tasks
     fig, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter([t["scores"][a] for t in trials], [t["scores"][b] for t in trials], s=10, color="0.7", label="trials")
-    ax.scatter([s["scores"][a] for s in singles], [s["scores"][b] for s in singles], s=40, marker="o", color="C2", label="checkpoints")
+    ax.scatter(
+        [t["scores"][a] for t in trials], [t["scores"][b] for t in trials], s=10, color="0.7", label="trials"
+    )
+    ax.scatter(
+        [s["scores"][a] for s in singles],
+        [s["scores"][b] for s in singles],
+        s=40,
+        marker="o",
+        color="C2",
+        label="checkpoints",
+    )
     for i, (name, entry) in enumerate(baselines.items()):
-        ax.scatter([entry["search"][a]], [entry["search"][b]], s=60, marker="s", color=f"C{i + 3}", label=name)
-    ax.scatter([w["search"][a] for w in winners], [w["search"][b] for w in winners], s=160, marker="*", color="C1", label="winner" if len(winners) == 1 else "Pareto front")
+        ax.scatter(
+            [entry["search"][a]], [entry["search"][b]], s=60, marker="s", color=f"C{i + 3}", label=name
+        )
+    ax.scatter(
+        [w["search"][a] for w in winners],
+        [w["search"][b] for w in winners],
+        s=160,
+        marker="*",
+        color="C1",
+        label="winner" if len(winners) == 1 else "Pareto front",
+    )
     ax.set_xlabel(f"{a} (search)")
     ax.set_ylabel(f"{b} (search)")
     ax.set_title("Task trade-off")

@@ -148,7 +148,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             if scores is None:
                 continue
             lines.append(
-                f"| {label} | {split} | " + " | ".join(_fmt(scores.get(t)) for t in tasks) + f" | {_fmt(scores.get('mean'))} |"
+                f"| {label} | {split} | "
+                + " | ".join(_fmt(scores.get(t)) for t in tasks)
+                + f" | {_fmt(scores.get('mean'))} |"
             )
     comp = results.get("comparison")
     if comp and "difference" in comp:

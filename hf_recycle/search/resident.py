@@ -127,7 +127,9 @@ class ResidentModel:
         if len(sources) < 2:
             raise IncompatibleCheckpointsError(f"a merge needs at least 2 checkpoints, got {len(sources)}")
         if method in NEEDS_BASE and base is None:
-            raise MergeConfigError(f"merge method '{method}' needs a base checkpoint: add 'base: <spec>' to the recipe")
+            raise MergeConfigError(
+                f"merge method '{method}' needs a base checkpoint: add 'base: <spec>' to the recipe"
+            )
         self.method = method
         self.lambda_ = float(lambda_)
         self.normalize = default_normalize(method) if normalize is None else bool(normalize)
@@ -148,17 +150,25 @@ class ResidentModel:
         rows = [*sources, *([base] if base is not None and method in NEEDS_BASE else [])]
         self.has_base_row = len(rows) > len(sources)
         store_dtypes = {key: self._store_dtype(rows, key) for key in self.names}
-        total = sum(len(rows) * int(np.prod(src_shape)) * torch.empty((), dtype=store_dtypes[key]).element_size()
-                    for key, src_shape in ((k, sources[0].shape(k)) for k in self.names))
+        total = sum(
+            len(rows) * int(np.prod(src_shape)) * torch.empty((), dtype=store_dtypes[key]).element_size()
+            for key, src_shape in ((k, sources[0].shape(k)) for k in self.names)
+        )
         self.resident_device = torch.device(resident_device or self._fit_device(total))
         logger.info(
             "resident model: %d tensors x %d checkpoints (%.1f MB) on %s, live model on %s",
-            len(self.names), len(rows), total / 1e6, self.resident_device, self.device,
+            len(self.names),
+            len(rows),
+            total / 1e6,
+            self.resident_device,
+            self.device,
         )
         self._params: list[torch.Tensor] = [targets[n] for n in self.names]
         self._stacks: list[torch.Tensor] = []
         for key in self.names:
-            stack = torch.empty((len(rows), *sources[0].shape(key)), dtype=store_dtypes[key], device=self.resident_device)
+            stack = torch.empty(
+                (len(rows), *sources[0].shape(key)), dtype=store_dtypes[key], device=self.resident_device
+            )
             for i, src in enumerate(rows):
                 stack[i].copy_(src.read(key))
             self._stacks.append(stack)
@@ -232,7 +242,8 @@ class ResidentModel:
             return str(self.device)
         logger.warning(
             "checkpoints (%.1f GB) do not fit in free GPU memory (%.1f GB): keeping them in CPU RAM",
-            total_bytes / 1e9, free / 1e9,
+            total_bytes / 1e9,
+            free / 1e9,
         )
         return "cpu"
 
@@ -246,7 +257,9 @@ class ResidentModel:
         sums = w.sum(axis=1, keepdims=True)
         if self.normalize and self.method == "linear":
             if np.any(np.abs(sums) < 1e-12):
-                raise MergeConfigError("the merge weights sum to 0 and normalize is on: weights cannot be normalized")
+                raise MergeConfigError(
+                    "the merge weights sum to 0 and normalize is on: weights cannot be normalized"
+                )
             w = w / sums
         elif self.normalize:  # task arithmetic divides by the sum unless it is ~0 (as the engine does)
             w = w / np.where(np.abs(sums) >= 1e-8, sums, 1.0)
@@ -266,11 +279,15 @@ class ResidentModel:
                 coef_t = torch.tensor(coef, dtype=torch.float32, device=self.resident_device)
                 coef_f = coef.tolist()
                 for param, stack, g in zip(self._params, self._stacks, self._group, strict=True):
-                    self._weighted_sum(param, stack, coef_t[min(g, len(coef_f) - 1)], coef_f[min(g, len(coef_f) - 1)])
+                    self._weighted_sum(
+                        param, stack, coef_t[min(g, len(coef_f) - 1)], coef_f[min(g, len(coef_f) - 1)]
+                    )
             else:
                 self._set_with_method(w, density)
 
-    def _weighted_sum(self, param: torch.Tensor, stack: torch.Tensor, coef_t: torch.Tensor, coef: list[float]) -> None:
+    def _weighted_sum(
+        self, param: torch.Tensor, stack: torch.Tensor, coef_t: torch.Tensor, coef: list[float]
+    ) -> None:
         import torch
 
         n = param.numel()
@@ -313,7 +330,9 @@ class ResidentModel:
             row = [float(x) for x in w[min(g, w.shape[0] - 1)]]
             out = self._buffer[: param.numel()].view(param.shape)
             tensors = [stack[i] for i in range(self.n_checkpoints)]
-            method.combine(tensors, row, stack[self.n_checkpoints], params, name, out=out, workspace=self._workspace)
+            method.combine(
+                tensors, row, stack[self.n_checkpoints], params, name, out=out, workspace=self._workspace
+            )
             param.copy_(out)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -58,7 +58,9 @@ def build_results(
     if not complete:
         from hf_recycle.errors import SearchError
 
-        raise SearchError(f"study '{setup.study_name}' has no complete trial: every trial failed or was pruned")
+        raise SearchError(
+            f"study '{setup.study_name}' has no complete trial: every trial failed or was pruned"
+        )
     by_mean = max(complete, key=lambda t: (t.user_attrs["mean"], -t.number))
     if setup.config.objective == "pareto":
         front = sorted(study.best_trials, key=lambda t: t.number)
@@ -84,7 +86,9 @@ def build_results(
         if "greedy_soup" in setup.config.baselines:
             state = greedy_soup_step(singles, soup_scores(complete, k))
             if not state.done:
-                logger.warning("greedy soup did not finish within the trial budget: reporting its current soup")
+                logger.warning(
+                    "greedy soup did not finish within the trial budget: reporting its current soup"
+                )
             for t in complete:
                 if baseline_members(t, k) == state.members:
                     baseline_trials["greedy_soup"] = t
@@ -108,13 +112,18 @@ def build_results(
         "checkpoints": [{"spec": pin.spec, **pin.to_json()} for pin in setup.pins],
         "space": {**space.describe(), "granularity": setup.recipe.search.granularity},
         "merge": dict(setup.config.method),
-        "tasks": [{"name": s.name, "weight": s.weight, "higher_is_better": s.higher_is_better} for s in scorers],
+        "tasks": [
+            {"name": s.name, "weight": s.weight, "higher_is_better": s.higher_is_better} for s in scorers
+        ],
         "winner": _entry(winner_trial, groups, sizes),
         "baselines": {},
     }
     for name in wanted:
         if name in baseline_trials:
-            results["baselines"][name] = {**_entry(baseline_trials[name], groups, sizes), **extra.get(name, {})}
+            results["baselines"][name] = {
+                **_entry(baseline_trials[name], groups, sizes),
+                **extra.get(name, {}),
+            }
     if front:
         results["pareto"] = [_entry(t, groups, sizes) for t in front]
 
@@ -131,7 +140,9 @@ def build_results(
             res = score_all(resident, test_scorers)
             values = {n: float(r.value) for n, r in res.items()}
             test_cache[trial.number] = scores_dict(values, macro_mean(values, test_scorers))
-            per_example[trial.number] = {n: np.asarray(r.per_example, dtype=np.float64) for n, r in res.items()}
+            per_example[trial.number] = {
+                n: np.asarray(r.per_example, dtype=np.float64) for n, r in res.items()
+            }
         return test_cache[trial.number]
 
     results["winner"]["test"] = test_of(results["winner"], winner_trial)
@@ -149,7 +160,9 @@ def build_results(
             hib = {s.name: s.higher_is_better for s in test_scorers}
             a = per_example[winner_trial.number]
             b = per_example[baseline_trials[best_name].number]
-            comparison.update(paired_bootstrap(a, b, weights, hib, n_boot=n_boot, seed=setup.recipe.search.seed))
+            comparison.update(
+                paired_bootstrap(a, b, weights, hib, n_boot=n_boot, seed=setup.recipe.search.seed)
+            )
             for entry in results.get("pareto", []):
                 entry["comparison"] = paired_bootstrap(
                     per_example[entry["trial"]], b, weights, hib, n_boot=n_boot, seed=setup.recipe.search.seed
@@ -162,7 +175,9 @@ def build_results(
     return results
 
 
-def _plots(setup: Any, results: dict[str, Any], complete: list[Any], single_trials: dict[int, Any]) -> list[str]:
+def _plots(
+    setup: Any, results: dict[str, Any], complete: list[Any], single_trials: dict[int, Any]
+) -> list[str]:
     from hf_recycle.search import plots
 
     folder = setup.output_dir / "plots"
@@ -176,14 +191,21 @@ def _plots(setup: Any, results: dict[str, Any], complete: list[Any], single_tria
         plots.plot_history(history, folder / "history.png")
         out.append("plots/history.png")
         labels = [f"{i}: {p.display}"[:40] for i, p in enumerate(setup.pins)]
-        plots.plot_weights(labels, results["winner"]["weights"], results["winner"].get("layer_weights"), folder / "weights.png")
+        plots.plot_weights(
+            labels,
+            results["winner"]["weights"],
+            results["winner"].get("layer_weights"),
+            folder / "weights.png",
+        )
         out.append("plots/weights.png")
         tasks = [t["name"] for t in results["tasks"]]
         if len(tasks) == 2:
             trial_points = [{"scores": t.user_attrs["scores"]} for t in complete]
             singles = [{"scores": t.user_attrs["scores"]} for _, t in sorted(single_trials.items())]
             winners = results.get("pareto") or [results["winner"]]
-            plots.plot_pareto(tasks, trial_points, singles, results["baselines"], winners, folder / "pareto.png")
+            plots.plot_pareto(
+                tasks, trial_points, singles, results["baselines"], winners, folder / "pareto.png"
+            )
             out.append("plots/pareto.png")
     except Exception as exc:  # plots are a convenience: never lose results over them
         logger.warning("could not draw plots: %s", exc)

@@ -161,7 +161,10 @@ class SearchSpace:
     def candidate(self, params: dict[str, float]) -> Candidate:
         """The candidate of a parameter dict (as stored in a trial)."""
         x = np.array(
-            [[params[self.param_name(g, k)] for k in range(self.n_checkpoints)] for g in range(len(self.groups))],
+            [
+                [params[self.param_name(g, k)] for k in range(self.n_checkpoints)]
+                for g in range(len(self.groups))
+            ],
             dtype=np.float64,
         )
         density = params["density"] if self.search_density else self.default_density
@@ -177,7 +180,9 @@ class SearchSpace:
         uniform = np.full_like(x, 1.0 / self.n_checkpoints)
         return np.where(sums > 0, x / np.where(sums > 0, sums, 1.0), uniform)
 
-    def params_for(self, weights: np.ndarray | Sequence[float], density: float | None = None) -> dict[str, float]:
+    def params_for(
+        self, weights: np.ndarray | Sequence[float], density: float | None = None
+    ) -> dict[str, float]:
         """Parameters that map to ``weights`` (one row for every group, or ``(G, K)``).
 
         Raises:
@@ -188,7 +193,9 @@ class SearchSpace:
         if w.ndim == 1:
             w = np.tile(w, (len(self.groups), 1))
         if w.shape != (len(self.groups), self.n_checkpoints):
-            raise SearchError(f"weights of shape {w.shape} do not fit the space ({len(self.groups)}, {self.n_checkpoints})")
+            raise SearchError(
+                f"weights of shape {w.shape} do not fit the space ({len(self.groups)}, {self.n_checkpoints})"
+            )
         if self.parameterization == "simplex":
             if (w < 0).any() or not np.allclose(w.sum(axis=1), 1.0):
                 raise SearchError(f"weights {w.tolist()} are not on the simplex (>= 0, summing to 1)")
@@ -196,13 +203,19 @@ class SearchSpace:
         else:
             low, high = self.bounds
             if (w < low - 1e-12).any() or (w > high + 1e-12).any():
-                raise SearchError(f"weights {w.tolist()} are outside [{low}, {high}] of '{self.parameterization}'")
+                raise SearchError(
+                    f"weights {w.tolist()} are outside [{low}, {high}] of '{self.parameterization}'"
+                )
             x = w
         params = {
-            self.param_name(g, k): float(x[g, k]) for g in range(len(self.groups)) for k in range(self.n_checkpoints)
+            self.param_name(g, k): float(x[g, k])
+            for g in range(len(self.groups))
+            for k in range(self.n_checkpoints)
         }
         if self.search_density:
-            params["density"] = float(density if density is not None else (self.default_density or DENSITY_RANGE[1]))
+            params["density"] = float(
+                density if density is not None else (self.default_density or DENSITY_RANGE[1])
+            )
         return params
 
     def center(self) -> dict[str, float]:

@@ -64,7 +64,9 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{creds}@{host}"
 
 
-def open_storage(url: str, heartbeat_interval: int | None = DEFAULT_HEARTBEAT_S) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str, heartbeat_interval: int | None = DEFAULT_HEARTBEAT_S
+) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``.
 
     ``sqlite:///...``, ``postgresql://...`` and other SQLAlchemy URLs give an RDB
@@ -118,7 +120,9 @@ def open_storage(url: str, heartbeat_interval: int | None = DEFAULT_HEARTBEAT_S)
 # --- sampler ------------------------------------------------------------------------------
 
 
-def make_sampler(name: str, space: SearchSpace, *, seed: int, n_objectives: int, trials: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, space: SearchSpace, *, seed: int, n_objectives: int, trials: int
+) -> optuna.samplers.BaseSampler:
     """The Optuna sampler called ``name``.
 
     Raises:
@@ -281,7 +285,11 @@ def reap_dead_local_trials(study: optuna.Study) -> list[int]:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         failed.append(trial.number)
-        logger.warning("trial %d was left running by a dead process (pid %s): retrying its parameters", trial.number, owner["pid"])
+        logger.warning(
+            "trial %d was left running by a dead process (pid %s): retrying its parameters",
+            trial.number,
+            owner["pid"],
+        )
         retry(study, study._storage.get_trial(trial._trial_id))
     return failed
 
@@ -310,7 +318,9 @@ def enqueue_initial_baselines(study: optuna.Study, config: StudyConfig) -> None:
     k = config.space.n_checkpoints
     space = config.space
     if "uniform" in config.baselines:
-        study.enqueue_trial(space.params_for(uniform_weights(k)), user_attrs={"baseline": "uniform"}, skip_if_exists=True)
+        study.enqueue_trial(
+            space.params_for(uniform_weights(k)), user_attrs={"baseline": "uniform"}, skip_if_exists=True
+        )
     if "best_single" in config.baselines or "greedy_soup" in config.baselines:
         for i in range(k):
             study.enqueue_trial(
@@ -333,7 +343,9 @@ def baseline_members(trial: optuna.trial.FrozenTrial, n_checkpoints: int) -> fro
     return None
 
 
-def soup_scores(trials: Sequence[optuna.trial.FrozenTrial], n_checkpoints: int) -> dict[frozenset[int], float]:
+def soup_scores(
+    trials: Sequence[optuna.trial.FrozenTrial], n_checkpoints: int
+) -> dict[frozenset[int], float]:
     """Search mean of every completed baseline soup, keyed by its members."""
     from optuna.trial import TrialState
 
@@ -352,7 +364,9 @@ def single_scores(trials: Sequence[optuna.trial.FrozenTrial], n_checkpoints: int
     return None if any(s is None for s in singles) else [float(s) for s in singles]  # type: ignore[arg-type]
 
 
-def enqueue_greedy_step(study: optuna.Study, config: StudyConfig, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
+def enqueue_greedy_step(
+    study: optuna.Study, config: StudyConfig, trials: Sequence[optuna.trial.FrozenTrial]
+) -> bool:
     """Enqueue greedy soup's next soup when its inputs are known; ``True`` when one was enqueued."""
     from optuna.trial import TrialState
 
@@ -420,7 +434,9 @@ def run_worker(
             study.optimize(objective, n_trials=1, callbacks=callbacks, gc_after_trial=False)
 
 
-def objective_values(scores: Mapping[str, float], weights: Mapping[str, float], directions: Mapping[str, bool]) -> float:
+def objective_values(
+    scores: Mapping[str, float], weights: Mapping[str, float], directions: Mapping[str, bool]
+) -> float:
     """Task-weighted macro-average with each task's direction applied (lower-better tasks negated)."""
     total = sum(weights[name] for name in scores)
     return sum(weights[n] * (v if directions[n] else -v) for n, v in scores.items()) / total

@@ -27,7 +27,11 @@ def copy_checkpoint(
     state = models.load_state_dict(src)
     if edit is not None:
         state = edit(state)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(dst / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     if config_edit is not None:
         config = json.loads((dst / "config.json").read_text())
         (dst / "config.json").write_text(json.dumps(config_edit(config)))
@@ -90,4 +94,6 @@ def ref_task_vectors(states, base, weights, *, lam=1.0, normalize=False, consens
 def assert_state_close(got: dict, want: dict, atol=1e-6, rtol=1e-5):
     assert set(got) == set(want), set(got) ^ set(want)
     for k in want:
-        torch.testing.assert_close(got[k].float(), want[k].float(), atol=atol, rtol=rtol, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(
+            got[k].float(), want[k].float(), atol=atol, rtol=rtol, msg=lambda m, k=k: f"{k}: {m}"
+        )

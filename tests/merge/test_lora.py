@@ -199,7 +199,10 @@ def test_adapter_over_the_wrong_base_is_a_shape_error(lora_env, tmp_path):
     other, _ = models.build_pool(tmp_path / "wide", "llama", n=0, config_overrides={"intermediate_size": 48})
     with pytest.raises(ShapeMismatchError, match=r"adapter '.*lora-a' does not fit base.*down_proj.*--base"):
         LoraSource(lora_env["a"], SafetensorsSource(other))
-    with pytest.raises(IncompatibleCheckpointsError, match=r"changes (module|tensor) 'transformer\.h\.0.*no tensor of that name"):
+    with pytest.raises(
+        IncompatibleCheckpointsError,
+        match=r"changes (module|tensor) 'transformer\.h\.0.*no tensor of that name",
+    ):
         LoraSource(lora_env["g"], SafetensorsSource(lora_env["llama_base"]))
 
 
@@ -420,3 +423,114 @@ def test_lora_output_refusals(lora_env, tmp_path):
         write_lora_merge(
             tmp_path, [sources[0], g], method=linear, weights=[1, 1], params=resolve_params(linear)
         )
+
+
+# --- through the engine and the command line ------------------------------------------------
+
+
+def _reference_inputs(env, names) -> list[dict[str, torch.Tensor]]:
+    """Each input's full weights: peft's merge_and_unload for adapters, the file for full checkpoints."""
+    return [
+        {k: v.float() for k, v in models.load_state_dict(env[n]).items()}
+        if n.endswith("_full")
+        else _peft_merged(env, n)
+        for n in names
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("linear", {}),
+        ("task_arithmetic", {"lambda_": 0.9}),
+        ("ties", {"density": 0.5}),
+        ("dare_ties", {"density": 0.7, "seed": 3}),
+    ],
+)
+def test_engine_merges_adapters_with_full_checkpoints(lora_env, tmp_path, method, kwargs):
+    from hf_recycle.merge.engine import merge
+
+    names, weights = ["a", "llama_full", "b"], [0.5, 0.3, 0.2]
+    specs = [str(lora_env[n]) for n in names]
+    merge(specs, tmp_path / "out", method=method, weights=weights, base=str(lora_env["llama_base"]), **kwargs)
+    got = models.load_state_dict(tmp_path / "out")
+    refs = _reference_inputs(lora_env, names)
+    base = {k: v.float() for k, v in models.load_state_dict(lora_env["llama_base"]).items()}
+    merge_method = get_method(method)
+    params = resolve_params(merge_method, **kwargs)
+    for key, value in got.items():
+        want = merge_method.combine([r[key] for r in refs], weights, base[key], params, key)
+        torch.testing.assert_close(value, want, rtol=0, atol=1e-5, msg=key)
+    record = json.loads((tmp_path / "out" / "merge_config.json").read_text())
+    assert [c["kind"] for c in record["checkpoints"]] == ["LoraSource", "SafetensorsSource", "LoraSource"]
+
+
+def test_engine_uses_the_adapters_named_base_and_keeps_dtypes(lora_env, tmp_path):
+    from hf_recycle.merge.engine import merge
+
+    bf16_base, _ = models.build_pool(tmp_path / "bf16", "llama", n=0, seed=5, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = models.build_lora_adapter(
+            bf16_base,
+            tmp_path / "named",
+            r=4,
+            target_modules=["q_proj"],
+            base_model_name_or_path=str(bf16_base),
+        )
+    merge([str(adapter), str(adapter)], tmp_path / "out")  # no --base: adapter_config.json names it
+    got = models.load_state_dict(tmp_path / "out")
+    assert {v.dtype for v in got.values()} == {torch.bfloat16}
+    expected = _peft_merged({"llama_base": bf16_base, "x": adapter}, "x")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(got[key].float(), expected[key].bfloat16().float(), rtol=0, atol=1e-2)
+    assert not torch.equal(got[key], models.load_state_dict(bf16_base)[key])
+
+
+def test_engine_without_a_base_for_an_adapter(lora_env, tmp_path):
+    from hf_recycle.merge.engine import merge
+
+    with pytest.raises(AdapterBaseError, match=r"lora-a' needs the base model.*--base"):
+        merge([str(lora_env["a"]), str(lora_env["llama_full"])], tmp_path / "out")
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    config = json.loads((lora_env["c"] / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "deleted-base")
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(
+        (lora_env["c"] / "adapter_model.safetensors").read_bytes()
+    )
+    with pytest.raises(AdapterBaseError, match=r"names '.*deleted-base', which cannot be opened.*--base"):
+        merge([str(folder)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_lora_output_matches_cli_full_merge(lora_env, tmp_path):
+    from hf_recycle.cli import main
+
+    common = [str(lora_env[n]) for n in ("a", "b", "c")]
+    common += ["--base", str(lora_env["llama_base"]), "--weights", "0.2,0.5,0.3", "--device", "cpu"]
+    assert main(["merge", *common, "--output", str(tmp_path / "full")]) == 0
+    assert main(["merge", *common, "--output-format", "lora", "--output", str(tmp_path / "lora")]) == 0
+    assert (
+        main(["merge", *common, "--output-format", "lora", "--lora-rank", "4", "-o", str(tmp_path / "r4")])
+        == 0
+    )
+    full = _load_model(tmp_path / "full")
+    adapter = _load_adapter(lora_env, "llama_base", tmp_path / "lora")
+    torch.testing.assert_close(_logits(adapter), _logits(full), rtol=1e-4, atol=1e-5)
+    record = json.loads((tmp_path / "r4" / "merge_config.json").read_text())
+    assert record["lora"]["lora_rank"] == 4
+    assert all(m["rank"] <= 4 for m in record["lora"]["modules"].values())
+    assert 0 < record["lora"]["max_relative_error"] < 1
+    assert (
+        json.loads((tmp_path / "lora" / "merge_config.json").read_text())["lora"]["max_relative_error"] == 0
+    )
+    assert (tmp_path / "lora" / "checkpoints.lock.json").is_file()
+    # a full checkpoint among the inputs, or a bad rank, is a one-line error
+    bad = [str(lora_env["a"]), str(lora_env["llama_full"]), "--base", str(lora_env["llama_base"])]
+    assert main(["merge", *bad, "--output-format", "lora", "-o", str(tmp_path / "bad")]) == 1
+    assert (
+        main(["merge", *common, "--output-format", "lora", "--lora-rank", "x", "-o", str(tmp_path / "x")])
+        == 1
+    )

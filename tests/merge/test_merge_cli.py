@@ -17,7 +17,17 @@ def test_merge_cli_ties(llama_pool, tmp_path, capsys):
     base, ckpts = llama_pool
     out = tmp_path / "out"
     argv = ["merge", *map(str, ckpts), "--base", str(base), "--output", str(out), "--method", "ties"]
-    argv += ["--weights", "0.5,0.3,0.2", "--density", "0.4", "--lambda", "0.9", "--no-normalize", "--dtype", "float32"]
+    argv += [
+        "--weights",
+        "0.5,0.3,0.2",
+        "--density",
+        "0.4",
+        "--lambda",
+        "0.9",
+        "--no-normalize",
+        "--dtype",
+        "float32",
+    ]
     assert cli.main(argv) == 0
     assert capsys.readouterr().out.strip() == str(out)
     want = ref_task_vectors(

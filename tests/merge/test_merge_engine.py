@@ -73,7 +73,15 @@ def test_task_arithmetic(llama_pool, tmp_path, small_blocks):
 @pytest.mark.parametrize("normalize", [None, False])
 def test_ties(llama_pool, tmp_path, small_blocks, normalize):
     base, ckpts = llama_pool
-    merge(ckpts, tmp_path / "out", method="ties", base=base, weights=[0.5, 0.3, 0.2], density=0.3, normalize=normalize)
+    merge(
+        ckpts,
+        tmp_path / "out",
+        method="ties",
+        base=base,
+        weights=[0.5, 0.3, 0.2],
+        density=0.3,
+        normalize=normalize,
+    )
     want = ref_task_vectors(
         f32_states(ckpts), f32_states([base])[0], [0.5, 0.3, 0.2],
         normalize=normalize is None, consensus=True, sparsify=lambda d, i, k: ref_topk(d, 0.3),
@@ -126,7 +134,9 @@ def test_sharded_in_and_out(llama_pool_sharded, tmp_path, small_blocks):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    assert torch.equal(model.state_dict()["lm_head.weight"], models.load_state_dict(tmp_path / "out")["lm_head.weight"])
+    assert torch.equal(
+        model.state_dict()["lm_head.weight"], models.load_state_dict(tmp_path / "out")["lm_head.weight"]
+    )
 
 
 def test_bf16_inputs_keep_dtype_and_exact_float32_arithmetic(llama_pool_bf16, tmp_path, small_blocks):
@@ -169,9 +179,12 @@ def test_tied_and_untied_give_untied_output(gpt2_pool, gpt2_untied, tmp_path):
     merge([ckpts[0], gpt2_untied], tmp_path / "out", weights=[0.25, 0.75])
     got = models.load_state_dict(tmp_path / "out")
     tied, untied = f32_states([ckpts[0], gpt2_untied])
-    torch.testing.assert_close(got["lm_head.weight"], 0.25 * tied["transformer.wte.weight"] + 0.75 * untied["lm_head.weight"])
     torch.testing.assert_close(
-        got["transformer.wte.weight"], 0.25 * tied["transformer.wte.weight"] + 0.75 * untied["transformer.wte.weight"]
+        got["lm_head.weight"], 0.25 * tied["transformer.wte.weight"] + 0.75 * untied["lm_head.weight"]
+    )
+    torch.testing.assert_close(
+        got["transformer.wte.weight"],
+        0.25 * tied["transformer.wte.weight"] + 0.75 * untied["transformer.wte.weight"],
     )
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["tie_word_embeddings"] is False
@@ -260,7 +273,9 @@ def test_missing_folder_and_folder_without_weights(llama_pool, tmp_path):
 
 
 def test_different_architectures(llama_pool, gpt2_pool, tmp_path):
-    with pytest.raises(IncompatibleCheckpointsError, match="different architectures.*LlamaForCausalLM.*GPT2LMHeadModel"):
+    with pytest.raises(
+        IncompatibleCheckpointsError, match="different architectures.*LlamaForCausalLM.*GPT2LMHeadModel"
+    ):
         merge([llama_pool[1][0], gpt2_pool[1][0]], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from hf_recycle.testing.models import load_state_dict
 
 
@@ -33,7 +31,9 @@ class TargetMixtureScorer:
         self.weight = weight
         self.higher_is_better = True
         states = [load_state_dict(p) for p in checkpoints]
-        self.target = {k: sum(float(w) * s[k].float() for w, s in zip(target, states)) for k in states[0]}
+        self.target = {
+            k: sum(float(w) * s[k].float() for w, s in zip(target, states, strict=True)) for k in states[0]
+        }
         self.keys = sorted(self.target)
         self.num_examples = len(self.keys)
         self.sleep = sleep

@@ -36,7 +36,12 @@ def test_resident_equals_streaming_merge(llama_pool, tmp_path, method, kwargs):
     sources = [SafetensorsSource(p) for p in ckpts]
     base_src = SafetensorsSource(base) if method != "linear" else None
     resident = ResidentModel(
-        sources, base=base_src, method=method, lambda_=kwargs.get("lambda_", 1.0), seed=kwargs.get("seed", 0), device="cpu"
+        sources,
+        base=base_src,
+        method=method,
+        lambda_=kwargs.get("lambda_", 1.0),
+        seed=kwargs.get("seed", 0),
+        device="cpu",
     )
     # a first, different candidate: buffers are reused, nothing must leak into the next one
     resident.set_weights([0.1, 0.1, 0.8], kwargs.get("density"))

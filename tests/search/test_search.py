@@ -75,7 +75,13 @@ def test_pareto_search_and_layer_granularity(llama_pool, tmp_path):
     scorers = [TargetMixtureScorer("a", ckpts, [1, 0, 0]), TargetMixtureScorer("b", ckpts, [0, 0, 1])]
     res = search(
         _recipe(
-            ckpts, tmp_path, ("a", "b"), trials=14, sampler="random", objective="pareto", granularity="layers:1"
+            ckpts,
+            tmp_path,
+            ("a", "b"),
+            trials=14,
+            sampler="random",
+            objective="pareto",
+            granularity="layers:1",
         ),
         scorers=scorers,
         test_scorers=scorers,
@@ -131,8 +137,13 @@ def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, 
     marker = tmp_path / "marker"
     script.write_text(
         _WORKER.format(
-            here=str(HERE), ckpts=[str(p) for p in ckpts], trials=n, out=str(tmp_path), target=TARGET,
-            sleep=0.4, marker=str(marker),
+            here=str(HERE),
+            ckpts=[str(p) for p in ckpts],
+            trials=n,
+            out=str(tmp_path),
+            target=TARGET,
+            sleep=0.4,
+            marker=str(marker),
         )
     )
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -174,8 +185,14 @@ def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, 
     assert retries[0].params == killed.params
     for number, values in done_before.items():  # nothing lost
         assert by_number[number].state.name == "COMPLETE" and by_number[number].values == values
-    kinds = [(t.user_attrs.get("baseline"), t.user_attrs.get("checkpoint")) for t in complete if t.user_attrs.get("baseline") in ("uniform", "single")]
-    assert sorted(kinds, key=str) == sorted([("uniform", None), ("single", 0), ("single", 1), ("single", 2)], key=str)
+    kinds = [
+        (t.user_attrs.get("baseline"), t.user_attrs.get("checkpoint"))
+        for t in complete
+        if t.user_attrs.get("baseline") in ("uniform", "single")
+    ]
+    assert sorted(kinds, key=str) == sorted(
+        [("uniform", None), ("single", 0), ("single", 1), ("single", 2)], key=str
+    )
     # a second rerun has nothing to do
     res = search(_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
     assert res["trials"] == n and len(_trials(url)) == len(after)

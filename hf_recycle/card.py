@@ -1,0 +1,365 @@
+"""Model cards of merged models, rendered from the Jinja templates in ``hf_recycle/model_cards/``.
+
+:func:`build_card` turns a search's ``results.json`` content, the recipe and the pins into a
+:class:`huggingface_hub.ModelCard` whose metadata the Hub understands (``base_model``,
+``base_model_relation: merge``, ``tags``, ``library_name``, ``license`` when every source
+has the same one, and a ``model-index`` with the held-out scores) and whose body says how
+the model was made: the sources with their commit shas and weights, the merge method and
+search settings, the held-out results against the baselines with a confidence interval,
+the plots, the exact recipe and command, the library versions and the paper to cite.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from huggingface_hub import ModelCard
+
+    from hf_recycle.hub.pins import PinnedCheckpoint
+    from hf_recycle.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_card", "write_card", "card_metadata", "DEFAULT_TEMPLATE", "PAPER_URL", "CITATION"]
+
+DEFAULT_TEMPLATE = "merge.md"
+CARD_FILENAME = "README.md"
+PAPER_URL = "https://arxiv.org/abs/2412.04144"
+CITATION = """\
+@article{khalifa2024recycle,
+  title   = {If You Can't Use Them, Recycle Them: Optimizing Merging at Scale Mitigates Performance Tradeoffs},
+  author  = {Khalifa, Muhammad and Tan, Yi-Chern and Ahmadian, Arash and Hosking, Tom and Lee, Honglak and
+             Wang, Lu and {\\"U}st{\\"u}n, Ahmet and Sherborne, Tom and Gall{\\'e}, Matthias},
+  journal = {arXiv preprint arXiv:2412.04144},
+  year    = {2024},
+  url     = {https://arxiv.org/abs/2412.04144}
+}"""
+
+_SAMPLER_NAMES = {
+    "cmaes": "CMA-ES",
+    "tpe": "TPE",
+    "gp": "Gaussian-process Bayesian optimization",
+    "random": "random search",
+    "nsga2": "NSGA-II",
+}
+_LIBRARIES = ("hf-recycle", "torch", "transformers", "safetensors", "huggingface_hub", "optuna", "datasets")
+_BASELINE_LABELS = {
+    "uniform": "uniform soup",
+    "best_single": "best single checkpoint",
+    "greedy_soup": "greedy soup",
+}
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a merge depends on (``"not installed"`` when missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hf_recycle._version import __version__
+
+    out = {"hf-recycle": __version__}
+    for name in _LIBRARIES[1:]:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _entry_of(results: Mapping[str, Any], member: int | None) -> dict[str, Any]:
+    if member is None:
+        return dict(results["winner"])
+    front = results.get("pareto") or []
+    if not 0 <= member < len(front):
+        from hf_recycle.errors import SearchError
+
+        raise SearchError(f"results.json has {len(front)} Pareto member(s): no member #{member}")
+    return dict(front[member])
+
+
+def _source_repo_ids(results: Mapping[str, Any], base: PinnedCheckpoint | None, method: str) -> list[str]:
+    from hf_recycle.recipe import TASK_VECTOR_METHODS
+
+    repos = [c["repo_id"] for c in results["checkpoints"] if c.get("repo_id")]
+    if base is not None and base.repo_id and method in TASK_VECTOR_METHODS:
+        repos.append(base.repo_id)
+    return list(dict.fromkeys(repos))
+
+
+def agreed_license(licenses: Mapping[str, str | None] | None) -> str | None:
+    """The license every source has, or ``None`` when one is unknown or they differ."""
+    if not licenses:
+        return None
+    values = set(licenses.values())
+    if len(values) != 1 or None in values:
+        return None
+    return values.pop()
+
+
+def card_metadata(
+    results: Mapping[str, Any],
+    recipe: Recipe,
+    *,
+    base: PinnedCheckpoint | None = None,
+    member: int | None = None,
+    model_name: str | None = None,
+    licenses: Mapping[str, str | None] | None = None,
+):
+    """The card's :class:`~huggingface_hub.ModelCardData` (see the module docstring for the keys)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    entry = _entry_of(results, member)
+    method = results["merge"]["method"]
+    test = entry.get("test") or {}
+    tasks = {t.name: t for t in recipe.tasks}
+    eval_results = []
+    for name, value in test.items():
+        if name == "mean" or name not in tasks:
+            continue
+        task = tasks[name]
+        metric = task.metric_name or task.kind
+        eval_results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name=name,
+                # model-index groups results by dataset: local files get the task's name
+                dataset_type=task.data.path if "/" in task.data.path else name,
+                dataset_name=name,
+                dataset_config=task.data.name,
+                dataset_split=task.test_split,
+                dataset_revision=task.data.revision,
+                metric_type=metric,
+                metric_name=f"{name} {metric} (held-out)",
+                metric_value=float(value),
+            )
+        )
+    return ModelCardData(
+        base_model=_source_repo_ids(results, base, method) or None,
+        base_model_relation="merge",
+        tags=["merge", "hf-recycle", method],
+        library_name="transformers",
+        license=agreed_license(licenses),
+        model_name=model_name or recipe.name,
+        eval_results=eval_results or None,
+    )
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _pin_label(pin: Mapping[str, Any]) -> str:
+    if pin.get("repo_id") is None:
+        return str(pin.get("path") or pin.get("spec"))
+    text = f"{pin['repo_id']}@{pin.get('revision')}"
+    return f"{text}:{pin['subfolder']}" if pin.get("subfolder") else text
+
+
+def _source_row(pin: Mapping[str, Any], weight: float | None) -> dict[str, Any]:
+    local = pin.get("repo_id") is None
+    return {
+        "label": _pin_label(pin),
+        "repo": f"`{pin.get('path') or pin.get('spec')}` (local)" if local else f"`{pin['repo_id']}`",
+        "revision": f"`{pin.get('revision')}`" if pin.get("revision") else "–",
+        "commit": f"`{pin.get('commit')}`" if pin.get("commit") else "–",
+        "subfolder": f"`{pin.get('subfolder')}`" if pin.get("subfolder") else "–",
+        "kind": pin.get("kind", "full"),
+        "weight": float(weight) if weight is not None else 0.0,
+    }
+
+
+def _comparison_text(results: Mapping[str, Any], entry: Mapping[str, Any], member: int | None) -> str | None:
+    every = results.get("comparisons") if member is None else entry.get("comparisons")
+    if every:  # one paired bootstrap per baseline, when results.json carries them
+        lines = [
+            _one_comparison({**comp, "baseline": name}, member, chosen=False)
+            for name, comp in every.items()
+            if "difference" in comp
+        ]
+        return "\n\n".join(lines) or None
+    comp = results.get("comparison")
+    if not comp:
+        return None
+    if member is not None:
+        own = entry.get("comparison")
+        comp = {**own, "baseline": comp["baseline"]} if own else None
+    if not comp or "difference" not in comp:
+        return None
+    return _one_comparison(comp, member, chosen=True)
+
+
+def _one_comparison(comp: Mapping[str, Any], member: int | None, *, chosen: bool) -> str:
+    baseline = _BASELINE_LABELS.get(comp["baseline"], comp["baseline"])
+    who = "This model" if member is None else f"Pareto member #{member}"
+    why = " (the baseline with the best search score)" if chosen else ""
+    return (
+        f"{who} − {baseline}{why} on the held-out test split, as the "
+        f"task-weighted macro-average of per-example scores: **{comp['difference']:+.4g}**, "
+        f"{int(round(comp['confidence'] * 100))}% paired bootstrap confidence interval "
+        f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({comp['n_boot']} resamples"
+        + (
+            f"; share of resamples where it is not better: {comp['p_not_better']:.3g}"
+            if "p_not_better" in comp
+            else ""
+        )
+        + ")."
+    )
+
+
+def _results_rows(results: Mapping[str, Any], entry: Mapping[str, Any], tasks: Sequence[str], split: str):
+    rows = []
+
+    def add(label: str, scores: Mapping[str, Any] | None) -> None:
+        if scores is None:
+            return
+        rows.append(
+            {"label": label, "scores": [_fmt(scores.get(t)) for t in tasks], "mean": _fmt(scores.get("mean"))}
+        )
+
+    add(f"**this model** (trial {entry['trial']})", entry.get(split))
+    for name, base in results.get("baselines", {}).items():
+        label = _BASELINE_LABELS.get(name, name)
+        if name == "best_single" and "checkpoint" in base:
+            label += f" (#{base['checkpoint']})"
+        if name == "greedy_soup" and "members" in base:
+            label += " (" + ", ".join(f"#{m}" for m in base["members"]) + ")"
+        add(label, base.get(split))
+    return rows
+
+
+def build_card(
+    results: Mapping[str, Any],
+    recipe: Recipe,
+    *,
+    recipe_text: str,
+    command: str,
+    base: PinnedCheckpoint | None = None,
+    member: int | None = None,
+    repo_id: str | None = None,
+    licenses: Mapping[str, str | None] | None = None,
+    template: str | Path | None = None,
+) -> ModelCard:
+    """Render the model card of a search's winner (or of one Pareto member).
+
+    Args:
+        results: The content of ``results.json`` (:func:`hf_recycle.search.api.search`'s return).
+        recipe: The recipe the search ran.
+        recipe_text: The exact recipe YAML, shown in the card.
+        command: The command that reproduces the model, shown in the card.
+        base: The pinned base checkpoint, if the recipe has one.
+        member: Index into ``results["pareto"]`` to describe that member instead of the winner.
+        repo_id: The repo the card is pushed to (names the model); default: the recipe's name.
+        licenses: Source repo id -> its license (``None`` when unknown); the card's ``license``
+            is set only when every source has the same one.
+        template: A Jinja template file to use instead of the bundled ``merge.md``.
+
+    Returns:
+        The card; ``str(card)`` is the README.md text, and ``ModelCard(str(card)).data``
+        gives the metadata back.
+    """
+    from huggingface_hub import ModelCard
+
+    from hf_recycle.merge.methods import get_method
+
+    entry = _entry_of(results, member)
+    merge_info = results["merge"]
+    method = get_method(merge_info["method"])
+    data = card_metadata(results, recipe, base=base, member=member, model_name=repo_id, licenses=licenses)
+    tasks = [t["name"] for t in results["tasks"]]
+    has_test = entry.get("test") is not None
+    split = "test" if has_test else "search"
+    parameters: dict[str, Any] = {"normalize": merge_info.get("normalize")}
+    if method.needs_base:
+        parameters["lambda"] = merge_info.get("lambda")
+    if method.uses_density:
+        parameters["density"] = entry.get("density", merge_info.get("density"))
+    if method.name.startswith("dare"):
+        parameters["seed"] = merge_info.get("seed")
+    parameters["dtype"] = recipe.merge.dtype
+    specs = {t.name: t for t in recipe.tasks}
+    task_rows = []
+    for t in results["tasks"]:
+        spec = specs.get(t["name"])
+        task_rows.append(
+            {
+                "name": t["name"],
+                "weight": t.get("weight", 1.0),
+                "higher_is_better": t.get("higher_is_better", True),
+                "kind": spec.kind if spec else "?",
+                "metric": (spec.metric_name or spec.kind) if spec else "?",
+                "data": spec.data.path if spec else "?",
+                "search_split": spec.search_split if spec else "?",
+                "test_split": (spec.test_split or "–") if spec else "?",
+            }
+        )
+    study = results.get("study", {})
+    front = results.get("pareto") or []
+    layer_weights = entry.get("layer_weights")
+    context = {
+        "title": (repo_id or recipe.name) + (f" (Pareto member #{member})" if member is not None else ""),
+        "paper_url": PAPER_URL,
+        "citation": CITATION,
+        "sources": [
+            _source_row(pin, w) for pin, w in zip(results["checkpoints"], entry["weights"], strict=True)
+        ],
+        "base": _source_row(base.to_json() | {"spec": base.spec}, None) | {"label": base.display}
+        if base is not None
+        else None,
+        "layer_weights": layer_weights,
+        "method": {
+            "name": method.name,
+            "pretty_name": method.pretty_name,
+            "reference_url": method.reference_url,
+            "parameters": {k: _fmt(v) for k, v in parameters.items() if v is not None},
+        },
+        "search": {
+            "sampler": study.get("sampler", recipe.search.sampler),
+            "sampler_name": _SAMPLER_NAMES.get(study.get("sampler", recipe.search.sampler), "Optuna"),
+            "trials": results.get("trials"),
+            "trials_requested": study.get("trials_requested", recipe.search.trials),
+            "objective": study.get("objective", recipe.search.objective),
+            "weights": results.get("space", {}).get("weights", recipe.search.weights),
+            "granularity": results.get("space", {}).get("granularity", recipe.search.granularity),
+            "seed": recipe.search.seed,
+            "baselines": [_BASELINE_LABELS.get(b, b) for b in recipe.search.baselines],
+        },
+        "objective_text": "Pareto front of the task scores"
+        if study.get("objective") == "pareto"
+        else "task-weighted macro-average of the task scores",
+        "member": {"index": member, "trial": entry["trial"], "front_size": len(front)}
+        if member is not None
+        else None,
+        "tasks": task_rows,
+        "task_names": tasks,
+        "has_test": has_test,
+        "results_rows": _results_rows(results, entry, tasks, split),
+        "comparison": _comparison_text(results, entry, member),
+        "plots": [{"name": Path(p).stem, "path": p} for p in results.get("plots", [])],
+        "command": command,
+        "recipe_text": recipe_text,
+        "versions": library_versions(),
+    }
+    if template is not None:
+        template_str = Path(template).read_text(encoding="utf-8")
+    else:
+        template_str = (
+            resources.files("hf_recycle").joinpath("model_cards", DEFAULT_TEMPLATE).read_text("utf-8")
+        )
+    card = ModelCard.from_template(data, template_str=template_str, **context)
+    return ModelCard(str(card))  # parse once, so card.data is what a reader of README.md gets
+
+
+def write_card(folder: str | Path, card: ModelCard) -> Path:
+    """Write ``card`` as ``folder/README.md``; return the path."""
+    path = Path(folder) / CARD_FILENAME
+    path.write_text(str(card), encoding="utf-8")
+    logger.debug("wrote %s", path)
+    return path

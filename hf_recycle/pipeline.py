@@ -1,0 +1,400 @@
+"""``hf-recycle run``: a recipe end to end.
+
+resolve the checkpoints -> search the merge weights (resuming the study) -> stream the
+winner's merge to disk (each Pareto member for ``objective: pareto``) -> lock file,
+results and model card next to the weights -> push when asked.
+
+Layout of ``output.dir`` (``outputs/<name>`` by default)::
+
+    study.db  results.json  results.md  plots/  checkpoints.lock.json   the search
+    model/                       the merged winner: a folder ready for the Hub
+    pareto/trial-<N>/            objective pareto: one such folder per front member
+
+Every model folder holds the weights (safetensors shards), ``config.json``, the tokenizer,
+``merge_config.json``, ``checkpoints.lock.json``, ``README.md`` (the model card),
+``results.json``, ``results.md``, ``plots/`` and ``recipe.yaml`` (the exact recipe).
+Re-running resumes the study, skips a final merge already on disk and re-renders the card.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hf_recycle.errors import RecipeError
+from hf_recycle.hub.pins import PinnedCheckpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run", "RunPlan", "RunResult", "MODEL_DIRNAME", "PARETO_DIRNAME"]
+
+MODEL_DIRNAME = "model"
+PARETO_DIRNAME = "pareto"
+RECIPE_FILENAME = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What ``run`` will do (``--dry-run`` prints it): pins, trial budget, outputs, push target."""
+
+    name: str
+    pins: tuple[PinnedCheckpoint, ...]
+    base: PinnedCheckpoint | None
+    trials: int
+    sampler: str
+    objective: str
+    storage: str
+    study: str
+    output_dir: Path
+    tasks: tuple[str, ...]
+    push: dict[str, Any] | None
+
+    def describe(self) -> str:
+        """The plan as text, one fact per line."""
+        lines = [f"recipe '{self.name}': {len(self.pins)} checkpoint(s)"]
+        lines += [
+            f"  {i}: {pin.display}  [{pin.commit or 'local'}]  {pin.kind}" for i, pin in enumerate(self.pins)
+        ]
+        if self.base is not None:
+            lines.append(f"base: {self.base.display}  [{self.base.commit or 'local'}]  {self.base.kind}")
+        lines.append(
+            f"search: {self.sampler}, {self.trials} trials (baselines included), objective {self.objective}; "
+            f"study '{self.study}' in {self.storage} (resumed when it exists)"
+        )
+        lines.append(f"tasks: {', '.join(self.tasks)}")
+        out = self.output_dir
+        lines.append(f"outputs: {out}/ (results.json, results.md, plots/, checkpoints.lock.json, study)")
+        if self.objective == "pareto":
+            lines.append(f"merged models: {out / PARETO_DIRNAME}/trial-<N>/ (one per Pareto member)")
+        else:
+            lines.append(
+                f"merged model: {out / MODEL_DIRNAME}/ (weights, README.md model card, lock file, results)"
+            )
+        if self.push:
+            extra = "; Pareto members also to branches pareto-trial-<N>" if self.objective == "pareto" else ""
+            lines.append(f"push: {self.push['repo']} (branch {self.push['branch']}){extra}")
+        lines.append("nothing was downloaded or computed (--dry-run)")
+        return "\n".join(lines)
+
+
+@dataclass
+class RunResult:
+    """What ``run`` did.
+
+    Attributes:
+        output_dir: The run's output folder.
+        results: The content of ``results.json``.
+        model_dirs: The merged model folders (the winner first).
+        pushes: One :class:`~hf_recycle.hub.push.PushResult` per push made.
+    """
+
+    output_dir: Path
+    results: dict[str, Any]
+    model_dirs: list[Path]
+    pushes: list[Any] = field(default_factory=list)
+
+
+def _load(recipe: Any) -> tuple[Any, str, Path, str]:
+    """``(recipe, exact text, base dir, display path)`` of a path or a Recipe object."""
+    from hf_recycle.recipe import Recipe
+
+    if isinstance(recipe, str | Path):
+        path = Path(recipe)
+        parsed = Recipe.from_yaml(path)
+        return parsed, path.read_text(encoding="utf-8"), path.resolve().parent, str(path)
+    import yaml
+
+    text = yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+    return recipe, text, Path.cwd(), RECIPE_FILENAME
+
+
+def _command(path: str, *, push: bool, trials: int | None, storage: str | None, endpoint: str | None) -> str:
+    from hf_recycle.search.study import redact_url
+
+    parts = ["hf-recycle", "run", path]
+    if trials is not None:
+        parts += ["--trials", str(trials)]
+    if storage:
+        parts += ["--storage", redact_url(storage)]
+    if endpoint:
+        parts += ["--endpoint", endpoint]
+    if push:
+        parts.append("--push")
+    return shlex.join(parts)
+
+
+def _source_licenses(
+    pins: list[PinnedCheckpoint], endpoint: str | None, token: str | bool | None
+) -> dict[str, str | None]:
+    """License in each source's README.md metadata (``None`` when there is none or it cannot be read)."""
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    out: dict[str, str | None] = {}
+    for pin in pins:
+        key = pin.repo_id or str(pin.local_path)
+        if key in out:
+            continue
+        try:
+            if pin.is_local:
+                readme = Path(str(pin.local_path)) / "README.md"
+                if not readme.is_file():
+                    out[key] = None
+                    continue
+            else:
+                readme = Path(
+                    hf_hub_download(
+                        pin.repo_id, "README.md", revision=pin.commit, endpoint=endpoint, token=token
+                    )
+                )
+            out[key] = ModelCard.load(readme, ignore_metadata_errors=True).data.get("license")
+        except Exception as exc:  # a missing or unreadable card only means "license unknown"
+            logger.debug("no license for %s: %s", key, exc)
+            out[key] = None
+    return out
+
+
+def _resolve_base(recipe: Any, endpoint: str | None, token: str | bool | None) -> PinnedCheckpoint | None:
+    from hf_recycle.errors import SpecError
+    from hf_recycle.hub.resolve import resolve
+
+    if recipe.base is None:
+        return None
+    pins = resolve([recipe.base], endpoint=endpoint, token=token)
+    if len(pins) != 1:
+        raise SpecError(
+            f"base '{recipe.base}' expands to {len(pins)} checkpoints: the base must be one checkpoint"
+        )
+    return pins[0]
+
+
+def plan(
+    recipe: Any,
+    *,
+    push: bool = False,
+    trials: int | None = None,
+    storage: str | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    output_dir: str | Path | None = None,
+) -> RunPlan:
+    """Resolve the recipe's pins and describe the run, without downloading or computing anything."""
+    from hf_recycle.hub.resolve import resolve
+    from hf_recycle.search.study import default_storage_url, redact_url
+
+    recipe, _, _, _ = _load(recipe)
+    endpoint = endpoint or recipe.endpoint
+    out = Path(output_dir) if output_dir else recipe.output_dir
+    if push and recipe.push is None:
+        raise RecipeError(
+            f"--push was given but recipe '{recipe.name}' has no push: section: add e.g. "
+            "push: {repo: my-org/my-merge}, or push later with hf-recycle push --repo ORG/NAME --from DIR"
+        )
+    pins = resolve(recipe.checkpoints, endpoint=endpoint, token=token) if recipe.checkpoints else []
+    return RunPlan(
+        name=recipe.name,
+        pins=tuple(pins),
+        base=_resolve_base(recipe, endpoint, token),
+        trials=recipe.search.trials if trials is None else int(trials),
+        sampler=recipe.search.sampler,
+        objective=recipe.search.objective,
+        storage=redact_url(storage or recipe.search.storage or default_storage_url(out)),
+        study=recipe.search.study or recipe.name,
+        output_dir=out,
+        tasks=tuple(t.name for t in recipe.tasks),
+        push=recipe.push.model_dump() if push and recipe.push else None,
+    )
+
+
+def run(
+    recipe: Any,
+    *,
+    push: bool = False,
+    dry_run: bool = False,
+    trials: int | None = None,
+    storage: str | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    output_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> RunResult | RunPlan:
+    """Run a recipe end to end: search, final merge, model card, lock file, push.
+
+    Args:
+        recipe: A :class:`~hf_recycle.recipe.Recipe` or the path of a recipe file (task data
+            paths resolve against its folder; against the current folder for a Recipe).
+        push: Push the merged model to the recipe's ``push:`` target.
+        dry_run: Only resolve the pins and return the :class:`RunPlan`.
+        trials: Finished trials the study should hold (default: ``search.trials``).
+        storage: Optuna storage URL (default: ``search.storage``, else ``<output>/study.db``).
+        endpoint: Hub endpoint (default: the recipe's ``endpoint``, else ``HF_ENDPOINT``).
+        token: Hub token for resolving and pushing (default: ``HF_TOKEN`` or the stored login).
+        output_dir: Output folder (default: ``output.dir``).
+        device: Where the search's live model runs (default: ``merge.device``).
+        progress: Show a progress bar during the search.
+
+    Returns:
+        The :class:`RunPlan` with ``dry_run``, else a :class:`RunResult`.
+
+    Raises:
+        RecipeError: ``push`` without a ``push:`` section.
+        HubPushError: The push failed; every local output is written and the message gives
+            the ``hf-recycle push`` command that retries it.
+    """
+    the_plan = plan(
+        recipe,
+        push=push,
+        trials=trials,
+        storage=storage,
+        endpoint=endpoint,
+        token=token,
+        output_dir=output_dir,
+    )
+    if dry_run:
+        return the_plan
+    parsed, text, base_dir, display = _load(recipe)
+    endpoint = endpoint or parsed.endpoint
+    if endpoint != parsed.endpoint:
+        parsed = parsed.model_copy(update={"endpoint": endpoint})
+    out = the_plan.output_dir
+
+    from hf_recycle.hub.lock import write_lock
+    from hf_recycle.search.api import search
+
+    results = search(
+        parsed,
+        trials=trials,
+        storage=storage,
+        output_dir=out,
+        base_dir=base_dir,
+        device=device,
+        progress=progress,
+    )
+    pins = [PinnedCheckpoint.from_json(c, spec=c.get("spec")) for c in results["checkpoints"]]
+    base = the_plan.base
+    write_lock(pins, out, base=base)
+
+    entries: list[tuple[Path, dict[str, Any], int | None]] = []
+    if results.get("pareto"):
+        members = results["pareto"]
+        order = sorted(range(len(members)), key=lambda i: members[i]["trial"] != results["winner"]["trial"])
+        entries = [(out / PARETO_DIRNAME / f"trial-{members[i]['trial']}", members[i], i) for i in order]
+    else:
+        entries = [(out / MODEL_DIRNAME, results["winner"], None)]
+
+    command = _command(display, push=push, trials=trials, storage=storage, endpoint=endpoint)
+    licenses = _source_licenses([*pins, *([base] if base else [])], endpoint, token)
+    repo_id = parsed.push.repo if parsed.push else None
+    model_dirs = []
+    for folder, entry, member in entries:
+        _finish_model_folder(
+            folder,
+            entry,
+            member,
+            results,
+            parsed,
+            pins,
+            base,
+            text,
+            command,
+            repo_id,
+            licenses,
+            out,
+            endpoint,
+            token,
+        )
+        model_dirs.append(folder)
+    result = RunResult(output_dir=out, results=results, model_dirs=model_dirs)
+    if push:
+        result.pushes = _push_all(parsed, entries, endpoint, token)
+    return result
+
+
+def _finish_model_folder(
+    folder: Path,
+    entry: dict[str, Any],
+    member: int | None,
+    results: dict[str, Any],
+    recipe: Any,
+    pins: list[PinnedCheckpoint],
+    base: PinnedCheckpoint | None,
+    text: str,
+    command: str,
+    repo_id: str | None,
+    licenses: dict[str, str | None],
+    out: Path,
+    endpoint: str | None,
+    token: str | bool | None,
+) -> None:
+    """Merge one entry into ``folder`` and write its lock file, results, recipe and model card."""
+    from hf_recycle.card import build_card, write_card
+    from hf_recycle.final_merge import merge_entry
+    from hf_recycle.hub.lock import write_lock
+    from hf_recycle.merge.methods import get_method
+
+    method = get_method(results["merge"]["method"])
+    needs_base = method.needs_base or any(pin.kind == "lora" for pin in pins)
+    merge_entry(
+        entry,
+        results["merge"],
+        pins,
+        folder,
+        base=base if needs_base else None,
+        dtype=recipe.merge.dtype,
+        device=recipe.merge.device,
+        max_shard_size=recipe.output.max_shard_size,
+        layers_per_group=recipe.search.layers_per_group,
+        endpoint=endpoint,
+        token=token,
+    )
+    write_lock(pins, folder, base=base)
+    for name in ("results.json", "results.md"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, folder / name)
+    if (out / "plots").is_dir():
+        shutil.copytree(out / "plots", folder / "plots", dirs_exist_ok=True)
+    (folder / RECIPE_FILENAME).write_text(text, encoding="utf-8")
+    name = repo_id if member is None or repo_id is None else f"{repo_id} (trial {entry['trial']})"
+    card = build_card(
+        results,
+        recipe,
+        recipe_text=text,
+        command=command,
+        base=base,
+        member=member,
+        repo_id=name,
+        licenses=licenses,
+    )
+    write_card(folder, card)
+    logger.info("wrote %s", folder)
+
+
+def _push_all(
+    recipe: Any, entries: list[tuple[Path, dict[str, Any], int | None]], endpoint, token
+) -> list[Any]:
+    from hf_recycle.hub.push import push_folder
+
+    target = recipe.push
+    pushes = []
+    for i, (folder, entry, member) in enumerate(entries):
+        branches = [target.branch] if i == 0 else []
+        if member is not None:
+            branches.append(f"pareto-trial-{entry['trial']}")
+        for branch in branches:
+            pushes.append(
+                push_folder(
+                    folder,
+                    target.repo,
+                    branch=branch,
+                    create_pr=target.create_pr,
+                    private=target.private,
+                    message=target.message,
+                    endpoint=endpoint,
+                    token=token,
+                )
+            )
+    return pushes

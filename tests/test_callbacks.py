@@ -1,0 +1,347 @@
+"""RecycleCallback on real Trainer runs of a tiny Llama: full fine-tunes and PEFT LoRA runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from hf_recycle.errors import RecycleCallbackError
+from hf_recycle.testing import models
+
+SEQ_LEN = 12
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory) -> Path:
+    """A tiny Llama and its char tokenizer saved in a folder (the adapters' base_model_name_or_path)."""
+    model = models.build_model(models.tiny_llama_config(), seed=5)
+    return models.save_checkpoint(model, tmp_path_factory.mktemp("callback-base") / "base")
+
+
+def _recipe(tmp_path: Path, **search):
+    """A recipe with one tiny loglikelihood task (8 examples, 4 searched, 4 held out) in ``tmp_path``."""
+    from hf_recycle.recipe import Recipe
+
+    data = tmp_path / "sums.jsonl"
+    rows = [
+        {"q": f"{a}+{b}", "a": str(a + b)}
+        for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (4, 4), (6, 3), (2, 7), (1, 1)]
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Recipe.model_validate(
+        {
+            "name": "callback-test",
+            "merge": {"method": "linear", "dtype": "float32", "device": "cpu"},
+            "search": {"sampler": "random", "trials": 4, "baselines": ["uniform"], "seed": 0, **search},
+            "tasks": [
+                {
+                    "name": "sums",
+                    "data": {"path": "json", "data_files": "sums.jsonl"},  # relative to tmp_path
+                    "search_split": "train[:4]",
+                    "test_split": "train[4:]",
+                    "kind": "loglikelihood",
+                    "prompt": "{q}=",
+                    "target": "{a}",
+                    "batch_size": 4,
+                }
+            ],
+        }
+    )
+
+
+def _train_set(n: int = 16) -> list[dict[str, torch.Tensor]]:
+    tok = models.build_char_tokenizer()
+    texts = [f"{i % 7}+{i % 5}={i % 7 + i % 5}; {i}".ljust(SEQ_LEN)[:SEQ_LEN] for i in range(n)]
+    rows = []
+    for text in texts:
+        ids = torch.tensor(tok(text)["input_ids"])
+        rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    return rows
+
+
+def _trainer(model, out: Path, callback, *, tokenizer=True, **args):
+    from transformers import Trainer, TrainingArguments
+
+    defaults = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        logging_steps=4,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_only_model=True,
+        seed=0,
+    )
+    defaults.update(args)
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**defaults),
+        train_dataset=_train_set(),
+        processing_class=models.build_char_tokenizer() if tokenizer else None,
+        callbacks=[callback],
+    )
+
+
+class _NoSaveAtLastStep(TrainerCallback):
+    """A user callback that skips the Trainer's save at the last step (the Trainer saves there by default)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
+
+
+def _merged_state(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted((folder / "model").glob("*.safetensors"))
+    assert files, f"no merged weights under {folder}"
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file))
+    return state
+
+
+def _assert_recycled(out: Path, trainer, n_pool: int) -> dict:
+    recycled = out / "recycled"
+    results = json.loads((recycled / "results.json").read_text())
+    assert (recycled / "model" / "README.md").is_file()
+    assert (recycled / "model" / "results.json").is_file()
+    assert len(results["checkpoints"]) == n_pool
+    weights = results["winner"]["weights"]
+    assert len(weights) == n_pool and min(weights) >= 0
+    assert sum(weights) == pytest.approx(1.0, abs=1e-6)
+    logged = [e for e in trainer.state.log_history if "recycle/search/mean" in e]
+    assert len(logged) == 1
+    assert logged[0]["recycle/search/mean"] == pytest.approx(results["winner"]["search"]["mean"])
+    assert logged[0]["recycle/test/mean"] == pytest.approx(results["winner"]["test"]["mean"])
+    assert [logged[0][f"recycle/weight/{i}"] for i in range(n_pool)] == pytest.approx(weights)
+    return results
+
+
+def test_full_run_recycles_checkpoints_and_final_weights(tmp_path, base_dir, caplog, monkeypatch):
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from hf_recycle import RecycleCallback
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(
+        yaml.safe_dump(_recipe(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True))
+    )
+    monkeypatch.chdir(base_dir)  # task data paths resolve against the recipe file's folder, not the cwd
+    out = tmp_path / "run"
+    callback = RecycleCallback(recipe_file, keep_checkpoints=True)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # saves at steps 4 and 8, not at the last step 10 (so the callback saves the final weights itself);
+    # save_total_limit=1 deletes checkpoint-4, which keep_checkpoints keeps in the pool.
+    trainer = _trainer(model, out, callback, max_steps=10, save_steps=4, save_total_limit=1)
+    trainer.add_callback(_NoSaveAtLastStep())
+    with caplog.at_level(logging.WARNING, logger="hf_recycle"):
+        trainer.train()
+
+    assert [c.step for c in callback.checkpoints] == [4, 8]
+    assert (
+        not (out / "checkpoint-4").exists()
+        and (out / "_recycle/pool/checkpoint-4/model.safetensors").is_file()
+    )
+    assert not (out / "_recycle/pool/checkpoint-4/optimizer.pt").exists()
+    assert (out / "_recycle/final/model.safetensors").is_file()
+    assert not any("leave the pool" in r.message for r in caplog.records)
+
+    results = _assert_recycled(out, trainer, 3)
+    pool = json.loads((out / "recycled/pool.json").read_text())
+    sources = [Path(c["spec"]) for c in pool["checkpoints"]]
+    assert [c["name"] for c in pool["checkpoints"]] == ["checkpoint-4", "checkpoint-8", "final"]
+    assert sources[0] == out / "_recycle/pool/checkpoint-4"
+
+    merged = _merged_state(out / "recycled")
+    states = [models.load_state_dict(s) for s in sources]
+    w = np.asarray(results["winner"]["weights"])
+    assert set(merged) == set(states[0])
+    for key, value in merged.items():
+        expected = sum(float(wi) * s[key].double() for wi, s in zip(w, states, strict=True))
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_peft_run_recycles_adapter_checkpoints(tmp_path, base_dir):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hf_recycle import RecycleCallback
+
+    out = tmp_path / "run"
+    callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer = _trainer(model, out, callback, max_steps=8, save_steps=4, learning_rate=2e-2)
+    trainer.train()
+
+    assert [(c.step, c.kind) for c in callback.checkpoints] == [(4, "lora"), (8, "lora")]
+    assert not (out / "_recycle/final").exists()  # the last save was at the last step
+    results = _assert_recycled(out, trainer, 2)
+
+    # merged = base + Σ wᵢ ΔWᵢ, ΔWᵢ from peft's own merge of each adapter checkpoint
+    w = results["winner"]["weights"]
+    merged = _merged_state(out / "recycled")
+    base = models.load_state_dict(base_dir)
+    expected = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in base.items()}
+    for wi, step in zip(w, (4, 8), strict=True):
+        full = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        state = PeftModel.from_pretrained(full, out / f"checkpoint-{step}").merge_and_unload().state_dict()
+        for key in expected:
+            expected[key] += wi * state[key].double()
+    changed = 0
+    for key, value in expected.items():
+        torch.testing.assert_close(merged[key].double(), value, rtol=1e-5, atol=1e-6)
+        changed += not torch.equal(merged[key], base[key])
+    assert changed > 0
+
+
+def test_fewer_than_two_checkpoints_warns_and_does_nothing(tmp_path, base_dir, caplog):
+    from transformers import AutoModelForCausalLM
+
+    from hf_recycle import RecycleCallback
+
+    out = tmp_path / "run"
+    callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    trainer = _trainer(model, out, callback, max_steps=8, save_steps=4, save_total_limit=1)
+    with caplog.at_level(logging.WARNING, logger="hf_recycle"):
+        trainer.train()
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("save_total_limit=1" in m and "keep_checkpoints=True" in m for m in messages)  # at train begin
+    assert any("leave the pool: checkpoint-4" in m for m in messages)
+    assert any("needs at least 2: nothing recycled" in m for m in messages)
+    assert not (out / "recycled/results.json").exists()
+    assert callback.results is None
+    assert not any("recycle/search/mean" in e for e in trainer.state.log_history)
+
+
+def test_trainer_without_tokenizer_fails_before_training(tmp_path, base_dir):
+    from transformers import AutoModelForCausalLM
+
+    from hf_recycle import RecycleCallback
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    trainer = _trainer(
+        model,
+        tmp_path / "run",
+        RecycleCallback(_recipe(tmp_path), base_dir=tmp_path),
+        tokenizer=False,
+        max_steps=4,
+    )
+    with pytest.raises(RecycleCallbackError, match="needs a tokenizer"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_recipe_checks_and_overrides(tmp_path):
+    from hf_recycle import RecycleCallback
+
+    recipe = _recipe(tmp_path)
+    with pytest.raises(RecycleCallbackError, match="no tasks"):
+        RecycleCallback(recipe.model_copy(update={"tasks": []}))
+    with pytest.raises(RecycleCallbackError, match="no push: section"):
+        RecycleCallback(recipe, push=True)
+    callback = RecycleCallback(recipe, trials=7, push_to="me/recycled")
+    assert callback.recipe.search.trials == 7
+    assert callback.recipe.push.repo == "me/recycled" and callback.push
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntasks: []\nsearch: {trails: 3}\n")
+    from hf_recycle.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="trails"):
+        RecycleCallback(path)
+
+
+def test_only_the_main_process_records(tmp_path, base_dir):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hf_recycle import RecycleCallback
+
+    out = tmp_path / "run"
+    models.save_checkpoint(models.build_model(models.tiny_llama_config()), out / "checkpoint-3")
+    args = TrainingArguments(output_dir=str(out), report_to="none", use_cpu=True)
+    callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path)
+    other = TrainerState(global_step=3, is_world_process_zero=False)
+    callback.on_train_begin(args, other, TrainerControl())  # no tokenizer check off the main process
+    callback.on_save(args, other, TrainerControl())
+    callback.on_train_end(args, other, TrainerControl())
+    assert callback.checkpoints == [] and not (out / "recycled").exists()
+
+    main = TrainerState(global_step=3, is_world_process_zero=True)
+    callback.on_save(args, main, TrainerControl())
+    assert [(c.step, c.kind, c.spec()) for c in callback.checkpoints] == [
+        (3, "full", str(out / "checkpoint-3"))
+    ]
+
+
+def test_hub_all_checkpoints_brings_back_rotated_checkpoints_and_pushes(tmp_path, base_dir, monkeypatch):
+    import huggingface_hub.constants as c
+    from transformers import AutoModelForCausalLM
+
+    from hf_recycle import RecycleCallback
+    from hf_recycle.testing.local_hub import LOCAL_TOKEN, LocalHub
+
+    with LocalHub() as hub:
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(c, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(
+            c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setenv("HF_TOKEN", LOCAL_TOKEN)
+        out = tmp_path / "run"
+        callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path, push_to="me/run-recycled")
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        trainer = _trainer(
+            model,
+            out,
+            callback,
+            max_steps=8,
+            save_steps=4,
+            save_total_limit=1,
+            push_to_hub=True,
+            hub_model_id="me/run",
+            hub_strategy="all_checkpoints",
+        )
+        trainer.train()
+
+        assert [c.hub_spec for c in callback.checkpoints] == [
+            "me/run@main:checkpoint-4",
+            "me/run@main:checkpoint-8",
+        ]
+        assert not (out / "checkpoint-4").exists()
+        results = _assert_recycled(out, trainer, 2)
+        first, second = results["checkpoints"]
+        assert (first["repo_id"], first["subfolder"], len(first["commit"])) == ("me/run", "checkpoint-4", 40)
+        assert second["path"] == str((out / "checkpoint-8").resolve())
+        files = hub.api().list_repo_files("me/run-recycled")
+        assert "README.md" in files and any(f.endswith(".safetensors") for f in files)
+
+
+def test_resumed_run_picks_up_earlier_checkpoints(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hf_recycle import RecycleCallback
+
+    out = tmp_path / "run"
+    model = models.build_model(models.tiny_llama_config())
+    models.save_checkpoint(model, out / "_recycle/pool/checkpoint-2")  # kept, then rotated away
+    models.save_checkpoint(model, out / "checkpoint-4")
+    models.save_checkpoint(model, out / "checkpoint-9")  # from an earlier, longer run: not ours
+    args = TrainingArguments(output_dir=str(out), report_to="none", use_cpu=True)
+    callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path, tokenizer=models.build_char_tokenizer())
+    callback.on_train_begin(args, TrainerState(global_step=4), TrainerControl())
+    assert [(c.step, c.spec()) for c in callback.checkpoints] == [
+        (2, str(out / "_recycle/pool/checkpoint-2")),
+        (4, str(out / "checkpoint-4")),
+    ]

@@ -1,0 +1,235 @@
+"""Model cards: rendering from the bundled template and the round trip through ``ModelCard.load``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from hf_recycle.card import CITATION, agreed_license, build_card, write_card
+from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.recipe import Recipe
+
+SHA = [f"{i:x}" * 40 for i in range(1, 4)]
+BASE_SHA = "b" * 40
+
+RECIPE = """\
+name: card-demo
+checkpoints: ["demo/tiny-lm@step-*"]
+base: demo/tiny-lm@base
+merge: {method: task_arithmetic, lambda: 0.8}
+search: {sampler: cmaes, trials: 12, seed: 3}
+tasks:
+  - name: addition
+    data: {path: json, data_files: data/addition.jsonl}
+    search_split: "train[:4]"
+    test_split: "train[4:]"
+    kind: generate
+    prompt: "{question}="
+    target: "{answer}"
+    max_new_tokens: 4
+  - name: reversal
+    data: {path: json, data_files: data/reversal.jsonl}
+    search_split: "train[:4]"
+    test_split: "train[4:]"
+    kind: loglikelihood
+    prompt: "{word}>"
+    target: "{reversed}"
+push: {repo: demo/tiny-lm-recycled}
+"""
+
+
+def _results(pareto: bool = False) -> dict:
+    """A results.json in the shape hf_recycle.search.results.build_results writes."""
+
+    def scores(a, b):
+        return {"addition": a, "reversal": b, "mean": (a + b) / 2}
+
+    results = {
+        "format": 1,
+        "name": "card-demo",
+        "study": {
+            "name": "card-demo",
+            "storage": "sqlite:///x.db",
+            "sampler": "cmaes",
+            "objective": "mean",
+            "trials_requested": 12,
+        },
+        "trials": 12,
+        "checkpoints": [
+            {
+                "spec": f"demo/tiny-lm@step-{i + 1}",
+                "repo_id": "demo/tiny-lm",
+                "revision": f"step-{i + 1}",
+                "commit": SHA[i],
+                "subfolder": None,
+                "kind": "full",
+            }
+            for i in range(3)
+        ],
+        "space": {"n_checkpoints": 3, "groups": ["all"], "weights": "simplex", "granularity": "model"},
+        "merge": {"method": "task_arithmetic", "lambda": 0.8, "normalize": False, "density": None, "seed": 0},
+        "tasks": [
+            {"name": "addition", "weight": 1.0, "higher_is_better": True},
+            {"name": "reversal", "weight": 1.0, "higher_is_better": True},
+        ],
+        "winner": {
+            "trial": 9,
+            "weights": [0.5, 0.3, 0.2],
+            "search": scores(0.75, -3.0),
+            "test": scores(0.5, -3.5),
+        },
+        "baselines": {
+            "uniform": {
+                "trial": 0,
+                "weights": [1 / 3] * 3,
+                "search": scores(0.5, -3.2),
+                "test": scores(0.25, -3.6),
+            },
+            "best_single": {
+                "trial": 2,
+                "weights": [0, 1, 0],
+                "checkpoint": 1,
+                "search": scores(0.5, -3.1),
+                "test": scores(0.5, -3.7),
+            },
+            "greedy_soup": {
+                "trial": 5,
+                "weights": [0.5, 0.5, 0],
+                "members": [0, 1],
+                "search": scores(0.6, -3.1),
+                "test": scores(0.5, -3.6),
+            },
+        },
+        "comparison": {
+            "baseline": "greedy_soup",
+            "chosen_by": "search mean",
+            "difference": 0.05,
+            "ci_low": -0.01,
+            "ci_high": 0.11,
+            "confidence": 0.95,
+            "n_boot": 2000,
+            "p_not_better": 0.07,
+        },
+        "plots": ["plots/history.png", "plots/weights.png"],
+    }
+    if pareto:
+        results["study"]["objective"] = "pareto"
+        results["pareto"] = [
+            {**results["winner"], "comparison": {**results["comparison"], "difference": 0.05}},
+            {
+                "trial": 4,
+                "weights": [0.1, 0.1, 0.8],
+                "search": scores(0.25, -2.5),
+                "test": scores(0.25, -2.9),
+                "comparison": {
+                    "difference": -0.02,
+                    "ci_low": -0.2,
+                    "ci_high": 0.1,
+                    "confidence": 0.95,
+                    "n_boot": 2000,
+                },
+            },
+        ]
+    return results
+
+
+BASE = PinnedCheckpoint(
+    repo_id="demo/tiny-lm",
+    revision="base",
+    commit=BASE_SHA,
+    subfolder=None,
+    kind="full",
+    spec="demo/tiny-lm@base",
+)
+
+
+def _card(results=None, **kwargs):
+    recipe = Recipe.from_text(RECIPE)
+    return build_card(
+        results or _results(),
+        recipe,
+        recipe_text=RECIPE,
+        command="hf-recycle run recipe.yaml --push",
+        base=BASE,
+        **kwargs,
+    )
+
+
+def test_card_round_trips_through_model_card_load(tmp_path):
+    from huggingface_hub import ModelCard
+
+    card = _card(repo_id="demo/tiny-lm-recycled", licenses={"demo/tiny-lm": "apache-2.0"})
+    path = write_card(tmp_path, card)
+    loaded = ModelCard.load(path)
+    data = loaded.data
+    assert data.base_model == ["demo/tiny-lm"]
+    assert data["base_model_relation"] == "merge"
+    assert data.tags == ["merge", "hf-recycle", "task_arithmetic"]
+    assert data.library_name == "transformers"
+    assert data.license == "apache-2.0"
+    assert data.model_name == "demo/tiny-lm-recycled"
+    by_task = {r.dataset_name: r for r in data.eval_results}
+    assert by_task["addition"].metric_value == 0.5 and by_task["addition"].metric_type == "exact_match"
+    assert by_task["reversal"].metric_value == -3.5 and by_task["reversal"].metric_type == "loglikelihood"
+    assert by_task["addition"].dataset_split == "train[4:]"
+    # the YAML header is plain metadata the Hub reads
+    header = yaml.safe_load(path.read_text().split("---")[1])
+    assert header["model-index"][0]["name"] == "demo/tiny-lm-recycled"
+
+
+def test_card_body_names_sources_method_results_and_reproduction():
+    text = _card().text
+    for sha in [*SHA, BASE_SHA]:
+        assert sha in text
+    assert "| 0 | `demo/tiny-lm` | `step-1` |" in text and "0.5000" in text
+    assert "Task Arithmetic" in text and "lambda 0.8" in text
+    assert "CMA-ES" in text and "12 complete trials" in text
+    assert "uniform soup" in text and "best single checkpoint (#1)" in text and "greedy soup (#0, #1)" in text
+    assert "[-0.01, +0.11]" in text and "95% paired bootstrap" in text
+    assert "![history](plots/history.png)" in text
+    assert "hf-recycle run recipe.yaml --push" in text and "name: card-demo" in text
+    assert "transformers" in text and "huggingface_hub" in text
+    assert CITATION.splitlines()[0] in text and "2412.04144" in text
+
+
+def test_license_only_when_sources_agree():
+    assert agreed_license({"a/x": "mit", "b/y": "mit"}) == "mit"
+    assert agreed_license({"a/x": "mit", "b/y": "apache-2.0"}) is None
+    assert agreed_license({"a/x": "mit", "b/y": None}) is None
+    assert agreed_license(None) is None
+    assert _card(licenses={"demo/tiny-lm": None}).data.license is None
+
+
+def test_pareto_member_card_and_no_test_split():
+    results = _results(pareto=True)
+    card = _card(results, member=1)
+    assert "Pareto member #1" in card.text and "trial 4" in card.text
+    assert card.data.eval_results[0].metric_value == 0.25
+    assert "[-0.2, +0.1]" in card.text
+    no_test = copy.deepcopy(_results())
+    no_test.pop("comparison")
+    for entry in [no_test["winner"], *no_test["baselines"].values()]:
+        entry["test"] = None
+    card = _card(no_test)
+    assert card.data.eval_results is None and "search-split scores" in card.text
+
+
+def test_member_out_of_range():
+    from hf_recycle.errors import SearchError
+
+    with pytest.raises(SearchError, match="no member #5"):
+        _card(_results(pareto=True), member=5)
+
+
+def test_one_interval_per_baseline_when_results_carry_them():
+    results = _results()
+    results["comparisons"] = {
+        name: {"difference": d, "ci_low": d - 0.1, "ci_high": d + 0.1, "confidence": 0.9, "n_boot": 500}
+        for name, d in [("uniform", 0.25), ("best_single", 0.125), ("greedy_soup", 0.0625)]
+    }
+    text = _card(results).text
+    assert "This model − uniform soup on the held-out" in text and "[+0.15, +0.35]" in text
+    assert "best single checkpoint on the held-out" in text and "greedy soup on the held-out" in text
+    assert text.count("90% paired bootstrap") == 3

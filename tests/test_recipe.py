@@ -1,0 +1,186 @@
+"""Recipe schema and ``hf-recycle validate``: every problem at once, each with its file line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from hf_recycle.cli import main
+from hf_recycle.errors import RecipeError
+from hf_recycle.recipe import Recipe
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+GOOD = """\
+name: ok
+checkpoints: [org/run@step-*]
+base: org/run@base
+merge: {method: linear}
+search: {sampler: cmaes, trials: 10}
+tasks:
+  - name: a
+    data: {path: json, data_files: a.jsonl}
+    search_split: "train[:8]"
+    test_split: "train[8:]"
+    prompt: "{q}="
+    target: "{a}"
+  - name: b
+    data: json
+    search_split: "train[10%:50%]+validation"
+    kind: loglikelihood
+    prompt: "{q}"
+    target: "{a}"
+"""
+
+
+def _problems(text: str) -> dict[str, tuple[int, str]]:
+    """``{field: (line, message)}`` of every problem of recipe ``text``."""
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_text(text, source="r.yaml")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("r.yaml: ") and "in the recipe" in lines[0]
+    out = {}
+    for line in lines[1:]:
+        source, number, field, message = line.split(":", 3)
+        assert source == "r.yaml"
+        out[field.strip()] = (int(number), message.strip())
+    assert len(out) == len(lines) - 1, "one line per problem"
+    return out
+
+
+def test_good_recipe_loads():
+    recipe = Recipe.from_text(GOOD)
+    assert recipe.tasks[1].data.path == "json" and recipe.search.layers_per_group is None
+    assert recipe.output_dir == Path("outputs/ok")
+
+
+def test_every_kind_of_problem_is_reported_at_once_with_its_line():
+    text = """\
+name: bad
+checkpoints: ["org/run@main:", 5]
+base: "org/run@"
+merge: {method: ties, dtype: float8}
+search:
+  sampler: cmaess
+  trials: zero
+  objective: pareto
+  granularity: layers:0
+  typo_key: 1
+tasks:
+  - name: a
+    data: {path: json}
+    search_split: "train[:64"
+    kind: generatee
+    prompt: "{q}="
+output: {dir: out, shard_size: 1GB}
+push: {repo: "not a repo"}
+"""
+    problems = _problems(text)
+    expected = {
+        "checkpoints[0]": (2, "empty subfolder"),
+        "checkpoints[1]": (2, "valid string"),
+        "base": (3, "empty revision"),
+        "merge.dtype": (4, "'bfloat16'"),
+        "search.sampler": (6, "'cmaes', 'tpe', 'gp', 'random' or 'nsga2'"),
+        "search.trials": (7, "valid integer"),
+        "search.objective": (8, "at least 2 tasks"),  # cross-field, reported though other fields are invalid
+        "search.granularity": (9, "layers:N"),
+        "search.typo_key": (10, "unknown key"),
+        "tasks[0].target": (12, "required field is missing"),
+        "tasks[0].search_split": (14, "not a split expression"),
+        "tasks[0].kind": (15, "'generate', 'choice', 'loglikelihood' or 'perplexity'"),
+        "output.shard_size": (17, "unknown key"),
+        "push.repo": (18, "not a repo id"),
+    }
+    assert set(problems) == set(expected)
+    for field, (line, fragment) in expected.items():
+        assert problems[field][0] == line, field
+        assert fragment in problems[field][1], (field, problems[field][1])
+    # reported in file order
+    assert [p[0] for p in problems.values()] == sorted(p[0] for p in problems.values())
+
+
+def test_cross_field_checks_alone():
+    base_missing = GOOD.replace("base: org/run@base\n", "").replace("method: linear", "method: dare_ties")
+    assert _problems(base_missing) == {
+        "merge.method": (3, "'dare_ties' works on task vectors and needs a base: add 'base: <spec>'")
+    }
+    one_task = GOOD.split("  - name: b")[0].replace("trials: 10}", "trials: 10, objective: pareto}")
+    assert list(_problems(one_task)) == ["search.objective"]
+    twice = GOOD.replace("  - name: b", "  - name: a")
+    assert _problems(twice) == {"tasks[1].name": (13, "task name 'a' is already used by tasks[0]")}
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        "train",
+        "train[:64]",
+        "train[64:]",
+        "validation[:10%]",
+        "train[-5:]",
+        "train[:33%](pct1_dropremainder)",
+        "a+b[1:2]",
+    ],
+)
+def test_valid_split_expressions(split):
+    Recipe.from_text(GOOD.replace('"train[:8]"', f'"{split}"'))
+
+
+@pytest.mark.parametrize("split", ["train[:64", "train[a:b]", "train[5]", "train++test", "[:5]"])
+def test_bad_split_expressions(split):
+    assert (
+        "not a split expression"
+        in _problems(GOOD.replace('"train[:8]"', f'"{split}"'))["tasks[0].search_split"][1]
+    )
+
+
+def test_union_errors_are_one_problem_at_the_right_place():
+    problems = _problems(GOOD.replace("data_files: a.jsonl", "data_files: {train: 5}"))
+    assert list(problems) == ["tasks[0].data.data_files.train"]
+    assert problems["tasks[0].data.data_files.train"][0] == 8
+
+
+def test_yaml_syntax_and_shape_errors():
+    with pytest.raises(RecipeError, match=r"r.yaml:4: not valid YAML: expected"):
+        Recipe.from_text("name: x\ntasks:\n  - [unclosed\n", source="r.yaml")
+    with pytest.raises(RecipeError, match="a recipe is a mapping"):
+        Recipe.from_text("- a\n- b\n", source="r.yaml")
+    with pytest.raises(RecipeError, match="does not exist"):
+        Recipe.from_yaml("no/such/recipe.yaml")
+
+
+def test_python_construction_checks_cross_fields_too():
+    data = {"name": "x", "merge": {"method": "ties"}, "tasks": []}
+    with pytest.raises(ValidationError, match="needs a base"):
+        Recipe.model_validate(data)
+
+
+def test_validate_command_reports_each_file(tmp_path, capsys):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(GOOD)
+    bad.write_text(
+        GOOD.replace("sampler: cmaes", "sampler: annealing").replace("kind: loglikelihood", "kind: lm")
+    )
+    assert main(["validate", str(good)]) == 0
+    assert "ok: " in capsys.readouterr().out
+    assert main(["validate", str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert f"ok: {good}" in captured.out
+    assert f"{bad}:5: search.sampler:" in captured.err and f"{bad}:16: tasks[1].kind:" in captured.err
+    assert "1 of 2 recipe(s) invalid" in captured.err
+
+
+def test_shipped_recipes_exist():
+    names = {p.name for p in RECIPES}
+    assert {"demo.yaml", "pythia-steps.yaml", "lora-pool.yaml", "pareto.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates_and_names_its_command(path):
+    recipe = Recipe.from_yaml(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and f"hf-recycle run recipes/{path.name}" in first
+    assert recipe.tasks and recipe.checkpoints
