@@ -94,10 +94,7 @@ def open_storage(
     scheme = url.split("://", 1)[0]
     engine_kwargs: dict[str, Any] = {}
     if scheme.startswith("postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError("psycopg2-binary", f"storage '{redact_url(url)}'") from exc
+        url = _postgres_driver_url(url, scheme)
         engine_kwargs = {"pool_pre_ping": True}
     elif scheme.startswith("sqlite"):
         Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +112,26 @@ def open_storage(
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:  # sqlalchemy errors: unreachable server, bad credentials
         raise SearchError(f"cannot open storage '{redact_url(url)}': {exc}") from exc
+
+
+def _postgres_driver_url(url: str, scheme: str) -> str:
+    """``url`` with an installed PostgreSQL driver named in its scheme.
+
+    A bare ``postgresql://`` gets psycopg (v3) when it is installed, else psycopg2; a
+    scheme that names its driver (``postgresql+psycopg2://``) must have that driver.
+    """
+    import importlib.util
+
+    drivers = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
+    if "+" in scheme:
+        driver = scheme.split("+", 1)[1]
+        if driver in drivers and importlib.util.find_spec(driver) is None:
+            raise MissingDependencyError(drivers[driver], f"storage '{redact_url(url)}'")
+        return url
+    for driver in drivers:
+        if importlib.util.find_spec(driver) is not None:
+            return f"{scheme}+{driver}://" + url.split("://", 1)[1]
+    raise MissingDependencyError("psycopg[binary]", f"storage '{redact_url(url)}'")
 
 
 # --- sampler ------------------------------------------------------------------------------
