@@ -34,7 +34,18 @@ format: install
 demo: install
 	$(BIN)/python -m hf_recycle.demo --figure docs/demo_pareto.png
 
-bench: install
+# mergekit (the peer in benchmarks/merge_throughput.py) lives in its own venv: its pins
+# conflict with ours. Same CPU torch as ours on machines without CUDA.
+MKVENV := benchmarks/_work/mkvenv
+
+$(MKVENV)/bin/mergekit-yaml:
+	$(PYTHON) -m venv $(MKVENV)
+ifneq ($(HAS_CUDA),yes)
+	$(MKVENV)/bin/python -m pip install -q "$(TORCH_CPU)"
+endif
+	$(MKVENV)/bin/python -m pip install -q mergekit==0.1.5 "$(TORCH_CPU)"
+
+bench: install $(MKVENV)/bin/mergekit-yaml
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
