@@ -17,7 +17,9 @@ def test_import_is_light():
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'evaluate', 'optuna') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_recycle.commands import options
+
 EPILOG = """\
 examples:
   hf-recycle hub serve --root ./local-hub --port 8090 &
@@ -19,20 +21,20 @@ prints its URL on the first line of stdout; with --port 0 (the default) the port
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = options.add_command(
+        sub,
         "hub",
         help="local Hub-compatible server for tests and CI",
         description="Local Hub-compatible server for tests and CI.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hub_sub = parser.add_subparsers(dest="hub_command", metavar="HUB_COMMAND")
-    serve = hub_sub.add_parser(
+    serve = options.add_command(
+        hub_sub,
         "serve",
         help="serve repos stored under --root",
         description="Serve repos stored under --root over the Hub HTTP API.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--root", required=True, metavar="DIR", help="storage folder (created if missing)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")

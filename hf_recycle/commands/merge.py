@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_recycle.commands import options
+
 EXAMPLES = """\
 examples:
   hf-recycle merge runs/ckpt-1000 runs/ckpt-2000 runs/ckpt-3000 --output merged
@@ -12,6 +14,12 @@ examples:
   hf-recycle merge ft-math ft-code --base base --method dare_ties --density 0.3 --seed 1 --output merged
   hf-recycle merge lora-a lora-b full-ft --base base --weights 0.4,0.4,0.2 --output merged
   hf-recycle merge lora-a lora-b --base base --output-format lora --lora-rank 16 --output merged-lora
+  hf-recycle merge 'org/run@step-*' --base org/run@base --method ties --output merged
+  hf-recycle merge org/run@step-1 org/run@step-2 --endpoint http://127.0.0.1:8090 --output merged
+
+Hub specs (org/name@rev:sub/folder, globs, @history) are pinned to commit shas and
+written to DIR/checkpoints.lock.json. --endpoint (default: HF_ENDPOINT, else
+huggingface.co) picks the Hub; the token comes from HF_TOKEN or `hf auth login`.
 """
 
 METHOD_NAMES = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
@@ -19,19 +27,22 @@ METHOD_NAMES = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Declare ``merge`` and its options."""
-    parser = subparsers.add_parser(
+    parser = options.add_command(
+        subparsers,
         "merge",
         help="merge checkpoints (linear, task arithmetic, TIES, DARE) into a new folder",
         description=(
-            "Merge checkpoint folders tensor by tensor, streaming from disk, into a new checkpoint folder "
-            "(safetensors shards, config, tokenizer, merge_config.json). The folder is written into a "
-            "temporary sibling and renamed into place only when the merge succeeded."
+            "Merge checkpoints (local folders or Hub specs) tensor by tensor, streaming from disk, into a new "
+            "checkpoint folder (safetensors shards, config, tokenizer, merge_config.json, "
+            "checkpoints.lock.json). The folder is written into a temporary sibling and renamed into place "
+            "only when the merge succeeded."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoints", nargs="+", metavar="SPEC", help="checkpoint folders to merge")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create")
+    parser.add_argument(
+        "checkpoints", nargs="+", metavar="SPEC", help="checkpoints to merge: local folders or Hub specs"
+    )
+    options.add_output(parser, required=True, help="folder to create")
     parser.add_argument(
         "--method", default="linear", choices=METHOD_NAMES, help="merge method (default: linear)"
     )
@@ -56,18 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--normalize", action=argparse.BooleanOptionalAction, default=None,
         help="divide by the sum of weights (default: on for linear and ties, off otherwise)",
     )  # fmt: skip
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="output dtype (default: that of the inputs)",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="where to compute (default: CUDA when present)",
-    )
+    options.add_dtype(parser, help="output dtype (default: that of the inputs)")
+    options.add_device(parser, default="auto", help="where to compute (default: CUDA when present)")
     parser.add_argument(
         "--max-shard-size", default="5GB", metavar="SIZE", help="cap on one output shard (default 5GB)"
     )
@@ -93,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept pytorch_model.bin inputs (loaded with weights_only=True)",
     )
+    options.add_endpoint(parser)
     parser.set_defaults(func=run)
 
 
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         max_shard_size=args.max_shard_size,
         overwrite=args.overwrite,
         allow_pickle=args.allow_pickle,
+        endpoint=args.endpoint,
         output_format=args.output_format,
         lora_rank=args.lora_rank,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_recycle.commands import options
+
 EPILOG = """\
 examples:
   hf-recycle push --repo my-org/tiny-lm-recycled --from outputs/demo/model
@@ -21,12 +23,12 @@ leaves the folder as it was and prints the command that retries it.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Declare ``push`` and its options."""
-    parser = sub.add_parser(
+    parser = options.add_command(
+        sub,
         "push",
         help="upload a merged model folder to a Hub repo in one commit",
         description="Upload a merged model folder (weights, model card, lock file, results) to a Hub repo.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--repo", required=True, metavar="ORG/NAME", help="the Hub repo (created when missing)"
@@ -46,9 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--private", action="store_true", help="create the repo private (when it does not exist)"
     )
     parser.add_argument("--message", metavar="M", help="commit title")
-    parser.add_argument(
-        "--endpoint", metavar="URL", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)"
-    )
+    options.add_endpoint(parser)
     parser.add_argument("--dry-run", action="store_true", help="print what would be uploaded and stop")
     parser.set_defaults(func=run)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hf_recycle.commands import options
+
 EPILOG = """\
 examples:
   hf-recycle resolve EleutherAI/pythia-70m@step1000
@@ -24,17 +26,15 @@ HF_TOKEN or `hf auth login` and is never printed.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = options.add_command(
+        sub,
         "resolve",
         help="pin checkpoint specs to commit shas (branches, tags, history, subfolders)",
         description="Expand checkpoint specs and pin each checkpoint to a commit sha.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("specs", nargs="+", metavar="SPEC")
-    parser.add_argument(
-        "--endpoint", metavar="URL", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)"
-    )
+    options.add_endpoint(parser)
     parser.add_argument("--json", action="store_true", help="print the pins as JSON")
     parser.add_argument("--lock", metavar="DIR", help="also write DIR/checkpoints.lock.json")
     parser.set_defaults(func=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_recycle.commands import options
+
 EPILOG = """\
 examples:
   hf-recycle run recipes/demo.yaml --dry-run        # print the pins, trial budget and outputs
@@ -21,7 +23,8 @@ or `hf auth login` and is never printed.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Declare ``run`` and its options."""
-    parser = sub.add_parser(
+    parser = options.add_command(
+        sub,
         "run",
         help="run a recipe end to end: search, final merge, model card, push",
         description=(
@@ -29,7 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "stream the winner's merge to disk, write results, lock file and model card, and push when asked."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe file")
     parser.add_argument(
@@ -38,17 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan (pins, trials, outputs) and stop"
     )
-    parser.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage (default: <output>/study.db)")
-    parser.add_argument(
-        "--output", "-o", metavar="DIR", help="output folder (default: the recipe's output.dir)"
-    )
-    parser.add_argument(
-        "--endpoint", metavar="URL", help="Hub endpoint (default: the recipe's, else HF_ENDPOINT)"
-    )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), help="where the search's live model runs"
-    )
+    options.add_study(parser)
+    options.add_output(parser, help="output folder (default: the recipe's output.dir)")
+    options.add_endpoint(parser, default="the recipe's endpoint, else HF_ENDPOINT, else huggingface.co")
+    options.add_device(parser, default=None, help="where the search's live model runs")
     parser.set_defaults(func=run)
 
 
@@ -70,19 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(outcome.describe())
         return 0
-    results = outcome.results
-    winner = results["winner"]
-    test = winner.get("test")
-    print(
-        f"{results['trials']} complete trials; winner (trial {winner['trial']}): search mean "
-        f"{winner['search']['mean']:.4g}" + (f", test mean {test['mean']:.4g}" if test else "")
-    )
-    comp = results.get("comparison")
-    if comp and "difference" in comp:
-        print(
-            f"vs {comp['baseline']} on test: {comp['difference']:+.4g} "
-            f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({int(round(comp['confidence'] * 100))}% CI)"
-        )
+    from hf_recycle.search.report import summary_text
+
+    print(summary_text(outcome.results))
     for folder in outcome.model_dirs:
         print(f"merged model: {folder}")
     for pushed in outcome.pushes:

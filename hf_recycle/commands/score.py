@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hf_recycle.commands import options
+
 EPILOG = """\
 examples:
   hf-recycle score ./outputs/demo/merged --recipe recipes/demo.yaml
@@ -17,12 +19,12 @@ average with lower-is-better tasks (perplexity) entering as -value.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = options.add_command(
+        sub,
         "score",
         help="score one model on a recipe's tasks",
         description="Score one model (local folder or Hub spec) on the tasks of a recipe.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "model", metavar="MODEL_SPEC", help="local checkpoint folder or Hub spec (one checkpoint)"
@@ -36,14 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--limit", type=int, default=None, metavar="K", help="score only the first K examples per task"
     )
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="default: bfloat16 on GPU, float32 on CPU",
-    )
-    parser.add_argument("--endpoint", default=None, metavar="URL", help="Hub endpoint for Hub specs")
+    options.add_device(parser, default="auto", help="where the model runs (default: CUDA when present)")
+    options.add_dtype(parser, help="default: bfloat16 on GPU, float32 on CPU")
+    options.add_endpoint(parser)
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.set_defaults(func=run)
 

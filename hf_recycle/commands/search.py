@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_recycle.commands import options
+
 EXAMPLES = """\
 examples:
   hf-recycle search recipe.yaml
@@ -15,7 +17,8 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Declare ``search`` and its options."""
-    parser = subparsers.add_parser(
+    parser = options.add_command(
+        subparsers,
         "search",
         help="search the merge weights with Optuna (CMA-ES by default) and report against baselines",
         description=(
@@ -25,24 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the study. Writes results.json, results.md and plots into the output folder."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe file")
-    parser.add_argument(
-        "--trials", type=int, metavar="N", help="finished trials the study should hold, baselines included"
-    )
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="Optuna storage: sqlite:///path.db, postgresql://..., journal:/path.log (default: <output>/study.db)",
-    )
+    options.add_study(parser)
     parser.add_argument(
         "--study", metavar="NAME", help="study name (default: search.study, else the recipe name)"
     )
-    parser.add_argument(
-        "--output", "-o", metavar="DIR", help="output folder (default: the recipe's output.dir)"
-    )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the live model runs")
+    options.add_output(parser, help="output folder (default: the recipe's output.dir)")
+    options.add_device(parser, default=None, help="where the live model runs")
+    options.add_endpoint(parser, default="the recipe's endpoint, else HF_ENDPOINT, else huggingface.co")
     parser.add_argument(
         "--create-only",
         action="store_true",
@@ -59,35 +53,28 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_recycle.search.api import create_study, search
 
+    where = dict(storage=args.storage, study=args.study, output_dir=args.output, endpoint=args.endpoint)
     if args.create_only:
-        name = create_study(args.recipe, storage=args.storage, study=args.study, output_dir=args.output)
+        from hf_recycle.search.study import redact_url
+
+        name = create_study(args.recipe, **where)
+        again = [f"--study {name}"] + ([f"--storage {redact_url(args.storage)}"] if args.storage else [])
         print(
-            f"study '{name}' is ready; start the workers with: hf-recycle search {args.recipe}",
+            f"study '{name}' is ready; start each worker with: hf-recycle search {args.recipe} {' '.join(again)}",
             file=sys.stderr,
         )
         return 0
     results = search(
         args.recipe,
         trials=args.trials,
-        storage=args.storage,
-        study=args.study,
-        output_dir=args.output,
         device=args.device,
         progress=not getattr(args, "quiet", False),
+        **where,
     )
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        winner = results["winner"]
-        print(
-            f"{results['trials']} complete trials; winner (trial {winner['trial']}): search mean "
-            f"{winner['search']['mean']:.4g}"
-            + (f", test mean {winner['test']['mean']:.4g}" if winner.get("test") else "")
-        )
-        comp = results.get("comparison")
-        if comp and "difference" in comp:
-            print(
-                f"vs {comp['baseline']} on test: {comp['difference']:+.4g} "
-                f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({int(comp['confidence'] * 100)}% CI)"
-            )
+        from hf_recycle.search.report import summary_text
+
+        print(summary_text(results))
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hf_recycle.commands import options
+
 EPILOG = """\
 examples:
   hf-recycle validate recipes/demo.yaml
@@ -16,12 +18,12 @@ non-zero when any recipe is invalid. Nothing is resolved or downloaded.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = options.add_command(
+        sub,
         "validate",
         help="check recipe files (schema, specs, splits) without downloading",
         description="Check recipe files against the schema without downloading anything.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recipes", nargs="+", metavar="RECIPE.yaml")
     parser.set_defaults(func=run)
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             print(str(exc), file=sys.stderr)
             continue
-        print(f"ok: {path} ({recipe.name}: {len(recipe.checkpoints)} checkpoint spec(s), {len(recipe.tasks)} task(s))")
+        print(
+            f"ok: {path} ({recipe.name}: {len(recipe.checkpoints)} checkpoint spec(s), {len(recipe.tasks)} task(s))"
+        )
     if failed:
         print(f"{failed} of {len(args.recipes)} recipe(s) invalid", file=sys.stderr)
         return 1

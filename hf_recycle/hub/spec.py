@@ -19,6 +19,7 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 from hf_recycle.errors import SpecError
 
@@ -83,13 +84,19 @@ def parse_spec(spec: str) -> CheckpointSpec:
         The parsed spec; globs are kept as written (expansion needs the Hub).
 
     Raises:
-        SpecError: The spec is empty or malformed.
+        SpecError: The spec is empty or malformed (the message names it and shows the expected form).
     """
     text = str(spec).strip()
     if not text:
         raise SpecError("empty checkpoint spec: pass a local folder or a Hub spec such as 'org/name@main'")
     if is_local_spec(text):
         return CheckpointSpec(raw=text, local_path=os.path.abspath(os.path.expanduser(text)))
+    if _SPACE_OR_CONTROL.search(text):
+        _malformed(
+            text, "contains whitespace or control characters (a local folder must exist or start with ./)"
+        )
+    if text.count("@") > 1:
+        _malformed(text, "has more than one '@' (one '@rev' per spec)")
     repo_part, revision, subfolder = text, DEFAULT_REVISION, None
     if "@" in text:
         repo_part, rest = text.split("@", 1)
@@ -99,26 +106,68 @@ def parse_spec(spec: str) -> CheckpointSpec:
             raise SpecError(
                 f"spec '{text}' has an empty revision after '@': write 'org/name@main' or drop the '@'"
             )
+        _check_revision(text, revision)
     elif ":" in text:
         repo_part, subfolder = text.split(":", 1)
     if subfolder is not None:
-        subfolder = subfolder.strip("/")
-        if not subfolder:
-            raise SpecError(
-                f"spec '{text}' has an empty subfolder after ':': write 'org/name@rev:sub/folder'"
-            )
-        if any(part in ("", ".", "..") for part in subfolder.split("/")):
-            raise SpecError(
-                f"spec '{text}': subfolder '{subfolder}' must be a plain relative path inside the repo"
-            )
-    if not _REPO_ID.match(repo_part):
-        raise SpecError(
-            f"spec '{text}' is neither an existing local folder nor a Hub spec 'org/name[@rev][:sub/folder]'"
-            " (local folders that do not exist yet must start with ./, ../, / or ~)"
-        )
-    if is_glob(repo_part):
-        raise SpecError(f"spec '{text}': globs are allowed in the revision and subfolder, not in the repo id")
+        subfolder = _check_subfolder(text, subfolder)
+    _check_repo_id(text, repo_part)
     return CheckpointSpec(raw=text, repo_id=repo_part, revision=revision, subfolder=subfolder)
+
+
+_EXPECTED = "expected 'org/name', 'org/name@rev' or 'org/name@rev:sub/folder'"
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def _malformed(text: str, problem: str) -> NoReturn:
+    raise SpecError(f"spec '{text}' {problem}: {_EXPECTED}")
+
+
+def _check_revision(text: str, revision: str) -> None:
+    """Branch, tag or sha names follow git's ref rules (globs allowed: ``step-*``)."""
+    problem = None
+    if any(c in revision for c in "\\^~"):
+        problem = "contains '\\', '^' or '~' (git revision syntax such as main~1 is not supported)"
+    elif ".." in revision or "//" in revision:
+        problem = "contains '..' or '//'"
+    elif revision.startswith(("/", ".", "-")) or revision.endswith(("/", ".", ".lock")):
+        problem = "starts with '/', '.' or '-', or ends with '/', '.' or '.lock'"
+    if problem:
+        _malformed(
+            text,
+            f"has an invalid revision '{revision}', which {problem}; a revision is a branch, tag or commit sha",
+        )
+
+
+def _check_subfolder(text: str, subfolder: str) -> str:
+    subfolder = subfolder.strip("/")
+    if not subfolder:
+        raise SpecError(f"spec '{text}' has an empty subfolder after ':': write 'org/name@rev:sub/folder'")
+    if ":" in subfolder or "\\" in subfolder:
+        _malformed(
+            text,
+            f"has a subfolder '{subfolder}' with ':' or '\\' (one ':sub/folder' per spec, '/' between folders)",
+        )
+    if any(part in ("", ".", "..") for part in subfolder.split("/")):
+        _malformed(text, f"has a subfolder '{subfolder}' that is not a plain relative path inside the repo")
+    return subfolder
+
+
+def _check_repo_id(text: str, repo_id: str) -> None:
+    if is_glob(repo_id):
+        _malformed(
+            text, "has a glob in the repo id; globs go in the revision or subfolder ('org/name@step-*')"
+        )
+    if not _REPO_ID.match(repo_id):
+        _malformed(
+            text,
+            "is neither an existing local folder nor a Hub spec (a local folder that does not exist yet"
+            " must start with ./, ../, / or ~)",
+        )
+    if "--" in repo_id or ".." in repo_id or any(part.endswith((".", "-")) for part in repo_id.split("/")):
+        _malformed(
+            text, f"has an invalid repo id '{repo_id}' (no '--' or '..', no name ending in '.' or '-')"
+        )
 
 
 def format_spec(repo_id: str, revision: str | None, subfolder: str | None) -> str:

@@ -97,8 +97,12 @@ def prepare(
     output_dir: str | Path | None = None,
     base_dir: str | Path | None = None,
     scorers: Sequence[Scorer] | None = None,
+    endpoint: str | None = None,
 ) -> SearchSetup:
     """Validate the search settings, fetch and open the checkpoints, and define the space.
+
+    Hub specs resolve against ``endpoint``, else the recipe's ``endpoint``, else
+    huggingface_hub's default (``HF_ENDPOINT``).
 
     Raises:
         SearchError: Fewer than 2 checkpoints, trials <= 0 or fewer than the baselines
@@ -112,6 +116,8 @@ def prepare(
     from hf_recycle.search.resident import _check_compatible
 
     recipe, base_dir = _load_recipe(recipe, base_dir)
+    if endpoint and endpoint != recipe.endpoint:
+        recipe = recipe.model_copy(update={"endpoint": endpoint})
     spec = recipe.search
     n_trials = spec.trials if trials is None else int(trials)
     if n_trials <= 0:
@@ -207,10 +213,17 @@ def create_study(
     output_dir: str | Path | None = None,
     base_dir: str | Path | None = None,
     scorers: Sequence[Scorer] | None = None,
+    endpoint: str | None = None,
 ) -> str:
     """Create the recipe's study in its storage (once, before several workers start); return its name."""
     setup = prepare(
-        recipe, storage=storage, study=study, output_dir=output_dir, base_dir=base_dir, scorers=scorers
+        recipe,
+        storage=storage,
+        study=study,
+        output_dir=output_dir,
+        base_dir=base_dir,
+        scorers=scorers,
+        endpoint=endpoint,
     )
     try:
         create_or_load_study(open_storage(setup.storage_url, None), setup.study_name, setup.config)
@@ -228,6 +241,7 @@ def search(
     output_dir: str | Path | None = None,
     base_dir: str | Path | None = None,
     device: str | None = None,
+    endpoint: str | None = None,
     progress: bool = False,
     scorers: Sequence[Scorer] | None = None,
     test_scorers: Sequence[Scorer] | None = None,
@@ -244,6 +258,7 @@ def search(
         output_dir: Where results go (default: the recipe's output dir).
         base_dir: Folder that task data paths resolve against (default: the recipe file's folder).
         device: Where the live model runs (default: ``merge.device``).
+        endpoint: Hub endpoint for Hub specs (default: the recipe's ``endpoint``, else ``HF_ENDPOINT``).
         progress: Show a progress bar with the best score so far.
         scorers: Search-split scorers to use instead of building them from ``recipe.tasks``.
         test_scorers: Test-split scorers to use with ``scorers`` (``None``: no test scores).
@@ -263,6 +278,7 @@ def search(
         output_dir=output_dir,
         base_dir=base_dir,
         scorers=scorers,
+        endpoint=endpoint,
     )
     recipe = setup.recipe
     spec = recipe.search

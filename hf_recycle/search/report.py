@@ -117,6 +117,36 @@ def write_results(folder: str | Path, results: dict[str, Any]) -> tuple[Path, Pa
     return path_json, path_md
 
 
+def versus_baselines(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+    """``(baseline, comparison, chosen)`` for every baseline compared on the test split.
+
+    ``chosen`` marks the baseline of highest search mean (``results["comparison"]``). Results
+    written before per-baseline comparisons existed give that one alone.
+    """
+    chosen = (results.get("comparison") or {}).get("baseline")
+    every = results.get("comparisons")
+    if not every:
+        comp = results.get("comparison")
+        return [(chosen, dict(comp), True)] if comp and "difference" in comp else []
+    return [(name, dict(comp), name == chosen) for name, comp in every.items()]
+
+
+def summary_text(results: Mapping[str, Any]) -> str:
+    """The few lines a command prints when a search ends: the winner, then one line per baseline."""
+    winner = results["winner"]
+    test = winner.get("test")
+    lines = [
+        f"{results['trials']} complete trials; winner (trial {winner['trial']}): search mean "
+        f"{winner['search']['mean']:.4g}" + (f", test mean {test['mean']:.4g}" if test else "")
+    ]
+    for name, comp, chosen in versus_baselines(results):
+        lines.append(
+            f"vs {name} on test{' (best on search)' if chosen else ''}: {comp['difference']:+.4g} "
+            f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({int(round(comp['confidence'] * 100))}% CI)"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -152,14 +182,22 @@ def render_markdown(results: dict[str, Any]) -> str:
                 + " | ".join(_fmt(scores.get(t)) for t in tasks)
                 + f" | {_fmt(scores.get('mean'))} |"
             )
-    comp = results.get("comparison")
-    if comp and "difference" in comp:
+    compared = versus_baselines(results)
+    if compared:
         lines += [
             "",
-            f"Winner − {comp['baseline']} on the test split (macro-average of per-example scores): "
-            f"{comp['difference']:+.4g}, {int(comp['confidence'] * 100)}% paired bootstrap CI "
-            f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({comp['n_boot']} resamples).",
+            "Winner − baseline on the test split (macro-average of per-example scores, paired bootstrap):",
+            "",
+            "| baseline | difference | CI | P(not better) |",
+            "|---|---|---|---|",
         ]
+        for name, comp, chosen in compared:
+            label = f"{name} (best on search)" if chosen else name
+            lines.append(
+                f"| {label} | {comp['difference']:+.4g} | {int(round(comp['confidence'] * 100))}% "
+                f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] | {comp['p_not_better']:.3g} |"
+            )
+        lines += ["", f"{compared[0][1]['n_boot']} resamples."]
     lines += ["", "## Winner weights", "", "| checkpoint | weight |", "|---|---|"]
     for pin, w in zip(results["checkpoints"], results["winner"]["weights"], strict=True):
         lines.append(f"| {pin.get('spec') or pin.get('path')} | {w:.4f} |")

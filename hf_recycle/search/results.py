@@ -1,4 +1,29 @@
-"""Assemble ``results.json`` from a finished study: winner, baselines, test scores, bootstrap, plots."""
+"""Assemble ``results.json`` from a finished study: winner, baselines, test scores, bootstrap, plots.
+
+The schema (format 1; every score dict is ``{"<task>": value, ..., "mean": value}``, ``mean``
+being the task-weighted macro-average with lower-is-better tasks negated)::
+
+    format, name                 1, the recipe name
+    study                        {name, storage (password redacted), sampler, objective, trials_requested}
+    trials                       complete trials; trials_pruned, trials_failed: the others
+    checkpoints                  the pins, in checkpoint order ({spec, repo_id, revision, commit, subfolder, kind})
+    space, merge, tasks          the search space, the merge settings, [{name, weight, higher_is_better}]
+    winner                       {trial, weights (one per checkpoint), [layer_weights {group: K weights}],
+                                  [density], search, test (null without test splits)}
+    baselines                    {uniform|best_single|greedy_soup: same form as winner; best_single adds
+                                  checkpoint; greedy_soup adds members and finished}
+    comparison                   {baseline (the one of highest *search* mean), chosen_by: "search mean",
+                                  and with test splits: difference, ci_low, ci_high, confidence, n_boot,
+                                  p_not_better}: winner − that baseline on the test split
+    comparisons                  {<baseline>: {difference, ci_low, ci_high, confidence, n_boot,
+                                  p_not_better}} for *every* baseline; null without test splits
+    pareto                       (objective pareto) the front, each member like winner plus its own
+                                  comparison (vs the chosen baseline) and comparisons (vs each baseline)
+    plots                        paths of the PNGs, relative to the output folder
+
+Every interval is a paired bootstrap (:func:`hf_recycle.search.report.paired_bootstrap`) with the
+search seed, so all comparisons resample the same test examples.
+"""
 
 from __future__ import annotations
 
@@ -154,20 +179,30 @@ def build_results(
 
     if results["baselines"]:
         best_name = max(results["baselines"], key=lambda n: (results["baselines"][n]["search"]["mean"], n))
-        comparison: dict[str, Any] = {"baseline": best_name, "chosen_by": "search mean"}
+        results["comparison"] = {"baseline": best_name, "chosen_by": "search mean"}
+        results["comparisons"] = None
         if test_scorers is not None:
             weights = {s.name: s.weight for s in test_scorers}
             hib = {s.name: s.higher_is_better for s in test_scorers}
-            a = per_example[winner_trial.number]
-            b = per_example[baseline_trials[best_name].number]
-            comparison.update(
-                paired_bootstrap(a, b, weights, hib, n_boot=n_boot, seed=setup.recipe.search.seed)
-            )
+
+            def versus_each(trial_number: int) -> dict[str, dict[str, Any]]:
+                return {
+                    name: paired_bootstrap(
+                        per_example[trial_number],
+                        per_example[baseline_trials[name].number],
+                        weights,
+                        hib,
+                        n_boot=n_boot,
+                        seed=setup.recipe.search.seed,
+                    )
+                    for name in results["baselines"]
+                }
+
+            results["comparisons"] = versus_each(winner_trial.number)
+            results["comparison"].update(results["comparisons"][best_name])
             for entry in results.get("pareto", []):
-                entry["comparison"] = paired_bootstrap(
-                    per_example[entry["trial"]], b, weights, hib, n_boot=n_boot, seed=setup.recipe.search.seed
-                )
-        results["comparison"] = comparison
+                entry["comparisons"] = versus_each(entry["trial"])
+                entry["comparison"] = dict(entry["comparisons"][best_name])
 
     results["plots"] = _plots(setup, results, complete, single_trials)
     write_results(setup.output_dir, results)

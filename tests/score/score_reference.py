@@ -18,6 +18,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def jsonl_task(folder: Path, rows: list[dict], *, name: str = "t", kind: str = "generate", **fields):
+    """A :class:`TaskSpec` over ``rows``, written to ``folder/<name>.jsonl`` (relative to ``folder``)."""
+    from hf_recycle.score.tasks import TaskSpec
+
+    write_jsonl(folder / f"{name}.jsonl", rows)
+    return TaskSpec(name=name, data={"path": "json", "data_files": f"{name}.jsonl"}, kind=kind, **fields)
+
+
 def random_prompts(n: int, seed: int = 0, lengths=(1, 2, 5, 17, 40, 90, 150)) -> list[str]:
     """Prompts of very different lengths over a small alphabet."""
     rng = random.Random(seed)

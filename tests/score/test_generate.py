@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from score_reference import random_prompts, reference_generate, write_jsonl
+from score_reference import jsonl_task, random_prompts, reference_generate, write_jsonl
 
 from hf_recycle.score.scorer import TaskScorer
 from hf_recycle.score.tasks import TaskSpec
@@ -31,13 +31,11 @@ def _task(tmp_path, tokenizer, model, n=24, seed=0, stop=STOP, **spec_kw):
     prompts = random_prompts(n, seed=seed)
     refs = [reference_generate(model, tokenizer, p, MAX_NEW, stop) for p in prompts]
     targets = [r if i % 2 == 0 else r + "#" for i, r in enumerate(refs)]
-    write_jsonl(
-        tmp_path / "gen.jsonl", [{"q": p, "a": " " + t} for p, t in zip(prompts, targets, strict=True)]
-    )
-    spec = TaskSpec(
+    rows = [{"q": p, "a": " " + t} for p, t in zip(prompts, targets, strict=True)]
+    spec = jsonl_task(
+        tmp_path,
+        rows,
         name="gen",
-        data={"path": "json", "data_files": "gen.jsonl"},
-        kind="generate",
         prompt="{q}",
         target="{a}",
         max_new_tokens=MAX_NEW,
@@ -114,7 +112,7 @@ def test_long_prompts_truncated_from_the_left(tmp_path, char_tokenizer, caplog):
     prompts = random_prompts(6, seed=4, lengths=(5, 30, 100))
     assert any(len(p) > 48 for p in prompts)
     write_jsonl(tmp_path / "long.jsonl", [{"q": p, "a": "x"} for p in prompts])
-    spec = TaskSpec(
+    spec = TaskSpec(  # an absolute data_files path, and no base_dir
         name="long",
         data={"path": "json", "data_files": str(tmp_path / "long.jsonl")},
         prompt="{q}",
@@ -137,16 +135,11 @@ def test_chat_template_wraps_the_prompt(tmp_path, llama_model):
         "{% for m in messages %}<{{ m['content'] }}>{% endfor %}{% if add_generation_prompt %}:{% endif %}"
     )
     prompts = random_prompts(4, seed=5, lengths=(3, 20))
-    write_jsonl(tmp_path / "chat.jsonl", [{"q": p, "a": "x"} for p in prompts])
-    spec = TaskSpec(
-        name="chat",
-        data={"path": "json", "data_files": str(tmp_path / "chat.jsonl")},
-        prompt="{q}",
-        target="{a}",
-        chat_template=True,
-        max_new_tokens=6,
+    rows = [{"q": p, "a": "x"} for p in prompts]
+    spec = jsonl_task(
+        tmp_path, rows, name="chat", prompt="{q}", target="{a}", chat_template=True, max_new_tokens=6
     )
-    result = TaskScorer(spec, tokenizer).score(llama_model)
+    result = TaskScorer(spec, tokenizer, base_dir=tmp_path).score(llama_model)
     assert list(result.predictions) == [
         reference_generate(llama_model, tokenizer, f"<{p}>:", 6) for p in prompts
     ]

@@ -6,10 +6,11 @@ import math
 import random
 
 import pytest
-from score_reference import random_prompts, reference_logprob, write_jsonl
+import torch
+from score_reference import jsonl_task, random_prompts, reference_logprob
 
 from hf_recycle.score.scorer import TaskScorer
-from hf_recycle.score.tasks import TaskSpec
+from hf_recycle.testing import models
 
 
 def _choice_rows(n: int, seed: int) -> list[dict]:
@@ -28,19 +29,23 @@ def _choice_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def _text_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {"q": p, "a": "".join(rng.choice("xyz01 ") for _ in range(rng.choice((1, 4, 30))))}
+        for p in random_prompts(n, seed=seed)
+    ]
+
+
+def _choice_task(folder, rows, **fields):
+    return jsonl_task(folder, rows, name="mc", kind="choice", options="options", **fields)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_choice_matches_one_at_a_time_forwards(tmp_path, char_tokenizer, llama_model, gpt2_model, arch):
     model = llama_model if arch == "llama" else gpt2_model
     rows = _choice_rows(20, seed=7)
-    write_jsonl(tmp_path / "choice.jsonl", rows)
-    spec = TaskSpec(
-        name="mc",
-        data={"path": "json", "data_files": "choice.jsonl"},
-        kind="choice",
-        prompt="{q} ->",
-        target="{label}",
-        options="options",
-    )
+    spec = _choice_task(tmp_path, rows, prompt="{q} ->", target="{label}")
     result = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
 
     expected_pred = []
@@ -58,39 +63,16 @@ def test_choice_target_as_option_text(tmp_path, char_tokenizer, llama_model):
     rows = _choice_rows(6, seed=8)
     for row in rows:
         row["answer"] = row["options"][row["label"]]
-    write_jsonl(tmp_path / "c.jsonl", rows)
-    by_text = TaskSpec(
-        name="t",
-        data={"path": "json", "data_files": "c.jsonl"},
-        kind="choice",
-        prompt="{q}",
-        target="{answer}",
-        options="options",
-    )
+    by_text = _choice_task(tmp_path, rows, prompt="{q}", target="{answer}")
     by_index = by_text.model_copy(update={"target": "{label}"})
     a = TaskScorer(by_text, char_tokenizer, base_dir=tmp_path).score(llama_model)
     b = TaskScorer(by_index, char_tokenizer, base_dir=tmp_path).score(llama_model)
     assert a == b
 
 
-def _text_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    return [
-        {"q": p, "a": "".join(rng.choice("xyz01 ") for _ in range(rng.choice((1, 4, 30))))}
-        for p in random_prompts(n, seed=seed)
-    ]
-
-
 def test_loglikelihood_and_perplexity(tmp_path, char_tokenizer, llama_model):
     rows = _text_rows(16, seed=9)
-    write_jsonl(tmp_path / "t.jsonl", rows)
-    ll = TaskSpec(
-        name="ll",
-        data={"path": "json", "data_files": "t.jsonl"},
-        kind="loglikelihood",
-        prompt="{q}|",
-        target="{a}",
-    )
+    ll = jsonl_task(tmp_path, rows, name="ll", kind="loglikelihood", prompt="{q}|", target="{a}")
     ppl = ll.model_copy(update={"name": "ppl", "kind": "perplexity"})
     ll_result = TaskScorer(ll, char_tokenizer, base_dir=tmp_path).score(llama_model)
     ppl_result = TaskScorer(ppl, char_tokenizer, base_dir=tmp_path).score(llama_model)
@@ -105,74 +87,44 @@ def test_loglikelihood_and_perplexity(tmp_path, char_tokenizer, llama_model):
     assert list(ppl_result.predictions) == [n for _, n in refs]
 
 
-def test_likelihood_batch_size_invariant(tmp_path, char_tokenizer, gpt2_model):
-    rows = _text_rows(10, seed=10)
-    write_jsonl(tmp_path / "t.jsonl", rows)
-    spec = TaskSpec(
-        name="ll",
-        data={"path": "json", "data_files": "t.jsonl"},
-        kind="loglikelihood",
-        prompt="{q}",
-        target="{a}",
-    )
+@pytest.mark.parametrize("kind", ["loglikelihood", "perplexity", "choice"])
+def test_batch_size_and_limit_do_not_change_scores(tmp_path, char_tokenizer, gpt2_model, kind):
+    if kind == "choice":
+        spec = _choice_task(tmp_path, _choice_rows(10, seed=10), prompt="{q}", target="{label}")
+    else:
+        spec = jsonl_task(tmp_path, _text_rows(10, seed=10), kind=kind, prompt="{q}", target="{a}")
     auto = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model)
-    ones = TaskScorer(spec.model_copy(update={"batch_size": 1}), char_tokenizer, base_dir=tmp_path).score(
-        gpt2_model
-    )
-    assert auto.per_example == pytest.approx(ones.per_example, rel=1e-5, abs=1e-5)
-    assert (
-        TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model, limit=3).per_example
-        == auto.per_example[:3]
-    )
+    one_by_one = TaskScorer(spec.model_copy(update={"batch_size": 1}), char_tokenizer, base_dir=tmp_path)
+    assert one_by_one.score(gpt2_model).per_example == pytest.approx(auto.per_example, rel=1e-5, abs=1e-5)
+    first = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model, limit=3)
+    assert first.per_example == auto.per_example[:3]
 
 
-def test_perplexity_of_text_without_prompt(tmp_path, llama_model):
+@pytest.mark.parametrize("with_bos", [True, False])
+def test_perplexity_of_text_without_prompt(tmp_path, llama_model, with_bos):
     """An empty prompt: the text is scored after the BOS token, or without one from its second token."""
-    import torch
-
-    from hf_recycle.testing import models
-
     texts = ["hello world", "ab"]
-    write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
-    spec = TaskSpec(
-        name="ppl",
-        data={"path": "json", "data_files": "t.jsonl"},
-        kind="perplexity",
-        prompt="",
-        target="{text}",
-    )
-    with_bos = models.build_char_tokenizer()
-    no_bos = models.build_char_tokenizer()
-    no_bos.bos_token = None
+    spec = jsonl_task(tmp_path, [{"text": t} for t in texts], kind="perplexity", prompt="", target="{text}")
+    tokenizer = models.build_char_tokenizer()
+    if not with_bos:
+        tokenizer.bos_token = None
 
-    def reference(ids: list[int], first: int) -> float:
+    def reference(text: str) -> float:
+        ids = tokenizer(text)["input_ids"]
+        ids = [tokenizer.bos_token_id, *ids] if with_bos else ids
         with torch.no_grad():
             logprobs = torch.log_softmax(llama_model(torch.tensor([ids])).logits[0].float(), -1)
-        lp = sum(logprobs[t - 1, ids[t]].item() for t in range(first, len(ids)))
-        return math.exp(-lp / (len(ids) - first))
+        lp = sum(logprobs[t - 1, ids[t]].item() for t in range(1, len(ids)))
+        return math.exp(-lp / (len(ids) - 1))
 
-    result = TaskScorer(spec, with_bos, base_dir=tmp_path).score(llama_model)
-    expected = [reference([with_bos.bos_token_id, *with_bos(t)["input_ids"]], 1) for t in texts]
-    assert result.per_example == pytest.approx(expected, rel=1e-5)
-    result = TaskScorer(spec, no_bos, base_dir=tmp_path).score(llama_model)
-    assert result.per_example == pytest.approx(
-        [reference(no_bos(t)["input_ids"], 1) for t in texts], rel=1e-5
-    )
+    result = TaskScorer(spec, tokenizer, base_dir=tmp_path).score(llama_model)
+    assert result.per_example == pytest.approx([reference(t) for t in texts], rel=1e-5)
 
 
 def test_long_sequences_truncated_keep_the_target(tmp_path, char_tokenizer, caplog):
-    from hf_recycle.testing import models
-
     model = models.build_model(models.tiny_llama_config(max_position_embeddings=32), seed=6)
     rows = [{"q": "a" * 10 + "b" * 40, "a": "xyz"}, {"q": "short", "a": "01"}]
-    write_jsonl(tmp_path / "t.jsonl", rows)
-    spec = TaskSpec(
-        name="ll",
-        data={"path": "json", "data_files": "t.jsonl"},
-        kind="loglikelihood",
-        prompt="{q}",
-        target="{a}",
-    )
+    spec = jsonl_task(tmp_path, rows, kind="loglikelihood", prompt="{q}", target="{a}")
     with caplog.at_level("WARNING", logger="hf_recycle.score"):
         result = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
     assert "1 of 2 sequences" in caplog.text

@@ -27,6 +27,17 @@ def test_bundled_metrics_load_offline_and_fast(monkeypatch):
         assert module is load_evaluate_module(name, task="t")  # cached per process
 
 
+def test_bundled_scripts_share_one_base_and_evaluate_picks_their_own_class():
+    from hf_recycle.score.bundled_metric import PerExampleMetric
+
+    for name, cls in [("exact_match", "ExactMatch"), ("accuracy", "Accuracy"), ("f1", "TokenF1")]:
+        module = load_evaluate_module(name, task="t")
+        assert isinstance(module, PerExampleMetric) and type(module).__name__ == cls
+        assert module.inputs_description.strip().startswith("Args:")
+    with pytest.raises(TypeError, match="abstract"):
+        PerExampleMetric()
+
+
 def test_exact_match_by_hand():
     metric = TaskMetric("exact_match", "t")
     preds, refs = ["4", "5", " 6", "abc"], ["4", "6", "6", "abc"]

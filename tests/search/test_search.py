@@ -17,6 +17,8 @@ from synthetic import TargetMixtureScorer
 from hf_recycle.errors import IncompatibleCheckpointsError, MissingDependencyError, SearchError
 from hf_recycle.recipe import Recipe
 from hf_recycle.search.api import search
+from hf_recycle.search.report import paired_bootstrap
+from hf_recycle.testing.models import load_state_dict
 
 HERE = Path(__file__).parent
 TARGET = [0.6, 0.3, 0.1]
@@ -60,6 +62,7 @@ def test_search_finds_the_known_best_mixture(llama_pool, tmp_path):
         assert res["winner"]["search"]["mean"] >= entry["search"]["mean"]
         assert set(entry["search"]) == set(entry["test"]) == {"mix", "mean"}
     assert res["comparison"]["baseline"] == "greedy_soup" and res["comparison"]["ci_low"] > 0
+    _check_comparisons_against_independent_merges(res, ckpts, tmp_path, seed=0, n_boot=200)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["winner"]["weights"] == res["winner"]["weights"]
     assert [c["path"] for c in on_disk["checkpoints"]] == [str(p) for p in ckpts]
@@ -68,6 +71,51 @@ def test_search_finds_the_known_best_mixture(llama_pool, tmp_path):
     # resuming with a larger budget only adds trials
     res2 = search(_recipe(ckpts, tmp_path, trials=44), scorers=scorers, test_scorers=None)
     assert res2["trials"] == 44 and res2["winner"]["search"]["mean"] >= res["winner"]["search"]["mean"]
+
+
+def _merged_per_example(ckpts, weights, scorer):
+    """Per-example test scores of Σ wᵢ θᵢ, merged here with plain torch and loaded by transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    states = [load_state_dict(p) for p in ckpts]
+    model = AutoModelForCausalLM.from_pretrained(ckpts[0], torch_dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(sum(float(w) * s[name].float() for w, s in zip(weights, states, strict=True)))
+    return list(scorer.score(model).per_example)
+
+
+def _check_comparisons_against_independent_merges(res, ckpts, folder, *, seed, n_boot):
+    """Every baseline gets its own paired interval, computed from the right models' test scores."""
+    scorer = TargetMixtureScorer("mix", ckpts, TARGET)
+    winner = _merged_per_example(ckpts, res["winner"]["weights"], scorer)
+    assert set(res["comparisons"]) == set(res["baselines"]) == {"uniform", "best_single", "greedy_soup"}
+    for name, entry in res["baselines"].items():
+        base = _merged_per_example(ckpts, entry["weights"], scorer)
+        comp = res["comparisons"][name]
+        # the point difference is the plain mean of per-example differences (one task, weight 1)
+        assert comp["difference"] == pytest.approx(np.mean(np.subtract(winner, base)), rel=1e-4, abs=1e-6)
+        assert comp["difference"] == pytest.approx(
+            res["winner"]["test"]["mean"] - entry["test"]["mean"], rel=1e-4, abs=1e-6
+        )
+        # the interval is the paired bootstrap (tested on its own in test_report.py) of those scores
+        expected = paired_bootstrap(
+            {"mix": winner}, {"mix": base}, {"mix": 1.0}, {"mix": True}, n_boot=n_boot, seed=seed
+        )
+        for key in ("ci_low", "ci_high", "p_not_better"):
+            assert comp[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (name, key)
+        assert comp["n_boot"] == n_boot and comp["confidence"] == 0.95
+        assert comp["ci_low"] <= comp["difference"] <= comp["ci_high"]
+    chosen = res["comparison"]
+    assert {k: v for k, v in chosen.items() if k not in ("baseline", "chosen_by")} == res["comparisons"][
+        chosen["baseline"]
+    ]
+    # the baselines differ, so do their intervals: each one was compared with its own model
+    assert len({res["comparisons"][n]["difference"] for n in res["comparisons"]}) == 3
+    md = (folder / "results.md").read_text()
+    for name in res["comparisons"]:
+        assert f"| {name}" in md
 
 
 def test_pareto_search_and_layer_granularity(llama_pool, tmp_path):
@@ -89,6 +137,9 @@ def test_pareto_search_and_layer_granularity(llama_pool, tmp_path):
     )
     front = res["pareto"]
     assert front and all("test" in m and "comparison" in m for m in front)
+    for m in front:  # each member against every baseline; its comparison is the chosen baseline's
+        assert set(m["comparisons"]) == set(res["baselines"])
+        assert m["comparison"] == m["comparisons"][res["comparison"]["baseline"]]
     assert set(res["winner"]["layer_weights"]) == {"embeddings", "layers.0-0", "layers.1-1", "head"}
     trials = [t for t in _trials(f"sqlite:///{tmp_path / 'study.db'}") if t.state.name == "COMPLETE"]
     for m in front:  # no complete trial dominates a front member
@@ -123,6 +174,8 @@ sys.path.insert(0, {here!r})
 from synthetic import TargetMixtureScorer
 from hf_recycle.recipe import Recipe
 from hf_recycle.search.api import search
+from hf_recycle.search.report import paired_bootstrap
+from hf_recycle.testing.models import load_state_dict
 ckpts = {ckpts!r}
 recipe = Recipe.model_validate({{"name": "t", "checkpoints": ckpts, "search": {{"trials": {trials}}}, "output": {{"dir": {out!r}}}}})
 scorers = [TargetMixtureScorer("mix", ckpts, {target!r}, sleep={sleep}, marker={marker!r})]

@@ -3,11 +3,16 @@
 Bundled with hf-recycle and loaded by local path, so it works offline.
 """
 
-import datasets
-import evaluate
+from hf_recycle.score.bundled_metric import PerExampleMetric
 
-_DESCRIPTION = "Fraction of predicted labels equal to the reference label (0..1)."
-_KWARGS_DESCRIPTION = """
+
+class Accuracy(PerExampleMetric):
+    """Label accuracy."""
+
+    score_key = "accuracy"
+    value_type = "int64"
+    summary = "Fraction of predicted labels equal to the reference label (0..1)."
+    arguments = """
 Args:
     predictions (list of int): predicted labels.
     references (list of int): reference labels, one per prediction.
@@ -20,24 +25,5 @@ Examples:
     {'accuracy': 0.75}
 """
 
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Accuracy(evaluate.Metric):
-    """Label accuracy."""
-
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
-
-    def _compute(self, predictions, references, per_example=False):
-        scores = [float(p == r) for p, r in zip(predictions, references, strict=True)]
-        result = {"accuracy": sum(scores) / len(scores) if scores else 0.0}
-        if per_example:
-            result["per_example"] = scores
-        return result
+    def score_example(self, prediction, reference):
+        return float(prediction == reference)

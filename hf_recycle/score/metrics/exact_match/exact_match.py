@@ -5,11 +5,15 @@ compared as given; hf-recycle's ``generate`` scorer strips surrounding whitespac
 the continuation and the target before calling it.
 """
 
-import datasets
-import evaluate
+from hf_recycle.score.bundled_metric import PerExampleMetric
 
-_DESCRIPTION = "Fraction of predictions identical to their reference (0..1)."
-_KWARGS_DESCRIPTION = """
+
+class ExactMatch(PerExampleMetric):
+    """Exact string match."""
+
+    score_key = "exact_match"
+    summary = "Fraction of predictions identical to their reference (0..1)."
+    arguments = """
 Args:
     predictions (list of str): predicted strings.
     references (list of str): reference strings, one per prediction.
@@ -22,24 +26,5 @@ Examples:
     {'exact_match': 0.5}
 """
 
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class ExactMatch(evaluate.Metric):
-    """Exact string match."""
-
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
-
-    def _compute(self, predictions, references, per_example=False):
-        scores = [float(p == r) for p, r in zip(predictions, references, strict=True)]
-        result = {"exact_match": sum(scores) / len(scores) if scores else 0.0}
-        if per_example:
-            result["per_example"] = scores
-        return result
+    def score_example(self, prediction, reference):
+        return float(prediction == reference)
