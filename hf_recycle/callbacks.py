@@ -18,13 +18,17 @@ asked.
 Rotated checkpoints (``save_total_limit``): the Trainer deletes old ``checkpoint-N``
 folders. By default they leave the pool (a warning at train begin says so), unless
 they were pushed with ``hub_strategy="all_checkpoints"`` (the ``checkpoint-N``
-subfolder stays on the Hub) or ``every_save`` (the commit that pushed them). With
-``keep_checkpoints=True`` each checkpoint's model files (weights, configs, tokenizer;
-not the optimizer state) are hard-linked at save time into
-``output_dir/_recycle/pool/checkpoint-N`` (copied where hard links are impossible), so
-rotation deletes only the Trainer's folder; the weights stay on disk until you delete
-that pool. Folders under ``output_dir`` starting with ``_`` are never uploaded by the
-Trainer's Hub pushes.
+subfolder of the commit that pushed it) or ``every_save`` (the commit that pushed it):
+the callback takes the commit sha from the Trainer's own upload job. The Trainer uploads
+in the background and deletes a rotated folder without waiting for its upload (which
+then fails: the folder is gone), and it skips the push of a save while the previous
+upload runs; so in these two cases the callback waits, before each save, for the
+Trainer's uploads in flight. With ``keep_checkpoints=True`` each checkpoint's model
+files (weights, configs, tokenizer; not the optimizer state) are hard-linked at save
+time into ``output_dir/_recycle/pool/checkpoint-N`` (copied where hard links are
+impossible), so rotation deletes only the Trainer's folder; the weights stay on disk
+until you delete that pool (and no save waits for an upload). Folders under
+``output_dir`` starting with ``_`` are never uploaded by the Trainer's Hub pushes.
 
 Distributed training: only the world process zero records, saves and recycles; the
 other processes return at once.
@@ -38,7 +42,9 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+import weakref
+from concurrent import futures
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,7 @@ __all__ = ["RecycleCallback", "RecordedCheckpoint"]
 WORK_DIR = "_recycle"  # under the Trainer's output_dir; "_*" is never pushed by the Trainer
 RESULTS_DIR = "recycled"
 POOL_FILE = "pool.json"
+HUB_STRATEGIES = ("every_save", "all_checkpoints")  # the Trainer's strategies that keep every save on the Hub
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Trainer state saved beside the model in checkpoint-N: not needed to merge or score.
 _TRAINER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
@@ -65,12 +72,12 @@ class RecordedCheckpoint:
 
     Attributes:
         step: Global step of the save (``N`` of ``checkpoint-N``; ``-1`` for the final weights).
-        path: The folder the Trainer (or the callback, for the final weights) wrote.
+        path: The folder the Trainer (or the callback, for the final weights) wrote, absolute.
         kind: ``"full"`` for complete weights, ``"lora"`` for a PEFT adapter.
         kept: The hard-linked copy under ``_recycle/pool`` (``keep_checkpoints=True``).
-        hub_spec: Where the checkpoint is on the Hub, as a spec (``org/run@main:checkpoint-N``,
-            or ``org/run@<sha>`` once an ``every_save`` commit is found).
-        hub_commit_title: Title of the ``every_save`` commit that pushed it, to find its sha.
+        hub_spec: Where the Trainer's upload put it, pinned to that upload's commit:
+            ``org/run@<sha>:checkpoint-N`` (``all_checkpoints``) or ``org/run@<sha>``
+            (``every_save``); set once the upload has finished.
     """
 
     step: int
@@ -78,7 +85,6 @@ class RecordedCheckpoint:
     kind: str
     kept: Path | None = None
     hub_spec: str | None = None
-    hub_commit_title: str | None = None
 
     @property
     def name(self) -> str:
@@ -140,8 +146,12 @@ def _link_model_files(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def _find_caller(cls: type, depth: int = 8) -> Any:
-    """The nearest ``self`` of type ``cls`` among the calling frames (the Trainer or its CallbackHandler)."""
+def _find_caller(cls: type, depth: int = 12) -> Any:
+    """The nearest ``self`` of type ``cls`` among the calling frames (the Trainer that fires the event).
+
+    A ``TrainerCallback`` is not given its Trainer; the callback needs it for the Trainer's
+    Hub upload jobs, its repo id and its ``log``.
+    """
     frame = sys._getframe(1)
     for _ in range(depth):
         if frame is None:
@@ -151,6 +161,16 @@ def _find_caller(cls: type, depth: int = 8) -> Any:
             return candidate
         frame = frame.f_back
     return None
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """The Trainer's upload job of one save: its future returns the commit (``CommitInfo``)."""
+
+    step: int
+    repo_id: str
+    job: futures.Future
+    subfolder: str | None
 
 
 class RecycleCallback(TrainerCallback):
@@ -171,8 +191,9 @@ class RecycleCallback(TrainerCallback):
             ``<Trainer output_dir>/recycled``).
         tokenizer: Tokenizer to score with when the Trainer has no ``processing_class``; it
             is saved into checkpoint folders that lack one.
-        base_dir: Folder that the tasks' relative data paths resolve against (default: the
-            recipe file's folder, or the current folder for a Recipe object).
+        base_dir: Folder that the tasks' relative data (and metric) paths resolve against
+            (default: the recipe file's folder, or the current folder when the callback is
+            made, for a Recipe object).
         device: Where the search runs the candidates (default: the recipe's ``merge.device``).
 
     Raises:
@@ -229,11 +250,13 @@ class RecycleCallback(TrainerCallback):
         self.include_final = include_final
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.tokenizer = tokenizer
-        self.base_dir = Path(base_dir) if base_dir is not None else default_base
+        self.base_dir = Path(base_dir).resolve() if base_dir is not None else default_base
         self.device = device
         self.checkpoints: list[RecordedCheckpoint] = []
         self.results: dict[str, Any] | None = None
-        self._hub_repo: str | None = None
+        self._trainer_ref: weakref.ref | None = None
+        self._uploads: list[_Upload] = []  # the Trainer's upload jobs not yet turned into hub_spec
+        self._seen_jobs: set[futures.Future] = set()
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -244,14 +267,19 @@ class RecycleCallback(TrainerCallback):
     @staticmethod
     def work_dir(args: Any) -> Path:
         """``output_dir/_recycle``: the final weights and the kept checkpoints."""
-        return Path(args.output_dir) / WORK_DIR
+        return Path(os.path.abspath(args.output_dir)) / WORK_DIR
 
     # --- events -----------------------------------------------------------------------------
+
+    def on_init_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        """Remember the Trainer that this callback was given to."""
+        self._remember_trainer()
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):  # noqa: ANN001, ANN201
         """Check that the run can be recycled; warn about rotation; pick up checkpoints of a resumed run."""
         if not state.is_world_process_zero:
             return
+        self._remember_trainer()
         if processing_class is None and self.tokenizer is None:
             raise RecycleCallbackError(
                 "RecycleCallback needs a tokenizer to score the recipe's tasks, and the Trainer has none: pass "
@@ -259,13 +287,13 @@ class RecycleCallback(TrainerCallback):
                 "tokenizer=... to RecycleCallback"
             )
         limit = args.save_total_limit
-        hub_keeps = args.push_to_hub and self._hub_strategy(args) in ("every_save", "all_checkpoints")
         if limit and not self.keep_checkpoints:
-            if hub_keeps:
+            if self._hub_keeps_saves(args):
                 logger.info(
-                    "save_total_limit=%d: rotated checkpoints are recycled from the Hub (hub_strategy=%s)",
+                    "save_total_limit=%d: rotated checkpoints are recycled from the Hub (hub_strategy=%s); "
+                    "each save waits for the Trainer's upload of the previous one",
                     limit,
-                    self._hub_strategy(args),
+                    _hub_strategy(args),
                 )
             else:
                 logger.warning(
@@ -280,11 +308,21 @@ class RecycleCallback(TrainerCallback):
         if state.global_step > 0:  # resumed: the run's earlier checkpoints belong to the pool
             self._pick_up_existing(args, state.global_step)
 
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        """Before a save that rotates a checkpoint recycled from the Hub, let its upload finish."""
+        save_best = _strategy_name(args.save_strategy) == "best" and control.should_evaluate
+        if state.is_world_process_zero and (control.should_save or save_best):
+            self._before_save(args)
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        """As :meth:`on_step_end`, for the saves at the end of an epoch."""
+        self.on_step_end(args, state, control, **kwargs)
+
     def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):  # noqa: ANN001, ANN201
-        """Record the ``checkpoint-N`` folder the Trainer just wrote (and where it went on the Hub)."""
+        """Record the ``checkpoint-N`` folder the Trainer just wrote (and its upload to the Hub)."""
         if not state.is_world_process_zero:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = Path(os.path.abspath(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not _has_weights(folder):
             logger.warning("RecycleCallback: no weights in %s after a save: not recorded", folder)
             return
@@ -294,16 +332,19 @@ class RecycleCallback(TrainerCallback):
         if self.keep_checkpoints:
             kept = self.work_dir(args) / "pool" / folder.name
             _link_model_files(folder, kept)
-        hub_spec, title = self._hub_location(args, state, folder.name)
-        record = RecordedCheckpoint(state.global_step, folder, _kind_of(folder), kept, hub_spec, title)
+        record = RecordedCheckpoint(state.global_step, folder, _kind_of(folder), kept)
         self.checkpoints = [c for c in self.checkpoints if c.step != record.step] + [record]
         logger.info("RecycleCallback: recorded %s (%s)", folder, record.kind)
+        if self._hub_keeps_saves(args):
+            self._track_upload(args, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):  # noqa: ANN001, ANN201
         """Save the final weights, search the merge over the pool, write and log the results, push."""
         if not state.is_world_process_zero:
             return
-        pool = self._pool(args)
+        if self._hub_keeps_saves(args):
+            self._wait_for_uploads("before recycling")
+        pool = self._pool()
         final = self._save_final(args, state, model, processing_class) if self.include_final else None
         if final is not None:
             pool.append(final)
@@ -321,67 +362,120 @@ class RecycleCallback(TrainerCallback):
             )
             return
         self.results = self._recycle(specs, out)
-        self._log_scores(args, state, control, self.results)
+        self._log_scores(state, self.results)
 
-    # --- recording --------------------------------------------------------------------------
+    # --- the Trainer and its Hub uploads ----------------------------------------------------
 
-    @staticmethod
-    def _hub_strategy(args: Any) -> str:
-        strategy = args.hub_strategy
-        return str(getattr(strategy, "value", strategy))
-
-    def _hub_location(self, args: Any, state: Any, name: str) -> tuple[str | None, str | None]:
-        """Where the Trainer pushed ``checkpoint-N`` (``all_checkpoints``) or the commit title (``every_save``)."""
-        strategy = self._hub_strategy(args)
-        if not args.push_to_hub or strategy not in ("every_save", "all_checkpoints"):
-            return None, None
-        if self._hub_repo is None:
+    def _remember_trainer(self) -> None:
+        if self._trainer_ref is None or self._trainer_ref() is None:
             from transformers import Trainer
 
             trainer = _find_caller(Trainer)
-            self._hub_repo = getattr(trainer, "hub_model_id", None) or args.hub_model_id
-        if self._hub_repo is None:
-            logger.warning("RecycleCallback: cannot tell the Hub repo of this run (set hub_model_id)")
-            return None, None
-        revision = args.hub_revision or "main"
-        if strategy == "all_checkpoints":
-            return f"{self._hub_repo}@{revision}:{name}", None
-        save = str(getattr(args.save_strategy, "value", args.save_strategy))
-        title = (
-            f"Training in progress, step {state.global_step}"
-            if save == "steps"
-            else f"Training in progress, epoch {int(state.epoch or 0)}"
-        )
-        return None, title
+            if trainer is not None:
+                self._trainer_ref = weakref.ref(trainer)
+
+    def _trainer(self) -> Any:
+        """The Trainer running this callback (None when not called by one)."""
+        self._remember_trainer()
+        return self._trainer_ref() if self._trainer_ref is not None else None
+
+    def _hub_keeps_saves(self, args: Any) -> bool:
+        """The Trainer pushes every save where it stays (a commit, or a subfolder of one)."""
+        return bool(args.push_to_hub) and _hub_strategy(args) in HUB_STRATEGIES
+
+    def _before_save(self, args: Any) -> None:
+        """Wait for the Trainer's uploads in flight when the coming save may rotate a checkpoint away.
+
+        The Trainer deletes rotated folders without waiting for their upload (the upload then
+        fails: its folder is gone) and skips the push of a save while an upload runs; a
+        checkpoint that is neither on disk nor on the Hub leaves the pool.
+        """
+        if args.save_total_limit and not self.keep_checkpoints and self._hub_keeps_saves(args):
+            self._wait_for_uploads("before the next save rotates their folders")
+
+    def _track_upload(self, args: Any, step: int) -> None:
+        """Take the upload job the Trainer just started for ``checkpoint-step`` (it returns the commit)."""
+        trainer = self._trainer()
+        if trainer is None:
+            logger.warning(
+                "RecycleCallback: not called by a Trainer: the Hub upload of checkpoint-%d cannot be tracked",
+                step,
+            )
+            return
+        push = getattr(trainer, "push_in_progress", None)
+        jobs = [job for job in (push.jobs if push is not None else []) if job not in self._seen_jobs]
+        self._seen_jobs.update(jobs)
+        strategy = _hub_strategy(args)
+        # every_save: one job, the output_dir root; all_checkpoints: the root, then checkpoint-N
+        wanted = 2 if strategy == "all_checkpoints" else 1
+        repo_id = trainer.hub_model_id
+        if len(jobs) < wanted:
+            logger.info(
+                "RecycleCallback: the Trainer did not push checkpoint-%d (hub_strategy=%s; an upload was still "
+                "running): it stays in the pool only while its folder (or kept copy) is on disk",
+                step,
+                strategy,
+            )
+            return
+        subfolder = f"checkpoint-{step}" if strategy == "all_checkpoints" else None
+        self._uploads.append(_Upload(step, repo_id, jobs[wanted - 1], subfolder))
+
+    def _wait_for_uploads(self, why: str) -> None:
+        """Wait for the Trainer's uploads in flight, then pin each finished save to its commit."""
+        trainer = self._trainer()
+        push = getattr(trainer, "push_in_progress", None)
+        pending = {u.job for u in self._uploads} | set(push.jobs if push is not None else [])
+        pending = {job for job in pending if not job.done()}
+        if pending:
+            logger.info("RecycleCallback: waiting for %d Hub upload(s) of the Trainer %s", len(pending), why)
+            futures.wait(pending)
+        for upload in self._uploads:
+            self._pin_to_commit(upload)
+        self._uploads = []
+
+    def _pin_to_commit(self, upload: _Upload) -> None:
+        """Set ``hub_spec`` of the save that ``upload`` pushed to its commit (a warning when it failed)."""
+        error = upload.job.exception()
+        if error is not None:
+            logger.warning(
+                "RecycleCallback: the Trainer's upload of checkpoint-%d to %s failed (%s: %s): it stays in the "
+                "pool only while its folder (or kept copy) is on disk",
+                upload.step,
+                upload.repo_id,
+                type(error).__name__,
+                error,
+            )
+            return
+        commit = upload.job.result().oid
+        spec = f"{upload.repo_id}@{commit}" + (f":{upload.subfolder}" if upload.subfolder else "")
+        self.checkpoints = [
+            replace(c, hub_spec=spec) if c.step == upload.step else c for c in self.checkpoints
+        ]
+
+    # --- the pool ---------------------------------------------------------------------------
 
     def _pick_up_existing(self, args: Any, step: int) -> None:
         """Record the ``checkpoint-N`` folders (and kept copies) up to ``step`` of a resumed run."""
+        output_dir = Path(os.path.abspath(args.output_dir))
         found: dict[int, RecordedCheckpoint] = {}
-        for root in (self.work_dir(args) / "pool", Path(args.output_dir)):
+        for root in (self.work_dir(args) / "pool", output_dir):
             if not root.is_dir():
                 continue
             for folder in root.iterdir():
                 match = _CHECKPOINT_RE.match(folder.name)
                 if match and int(match.group(1)) <= step and _has_weights(folder):
                     n = int(match.group(1))
-                    path = Path(args.output_dir) / folder.name
-                    kept = (
-                        folder if root != Path(args.output_dir) else (found[n].kept if n in found else None)
-                    )
-                    found[n] = RecordedCheckpoint(n, path, _kind_of(folder), kept)
+                    kept = folder if root != output_dir else (found[n].kept if n in found else None)
+                    found[n] = RecordedCheckpoint(n, output_dir / folder.name, _kind_of(folder), kept)
         known = {c.step for c in self.checkpoints}
         self.checkpoints += [found[n] for n in sorted(found) if n not in known]
         if found:
             logger.info("RecycleCallback: resumed run, %d earlier checkpoint(s) in the pool", len(found))
 
-    def _pool(self, args: Any) -> list[RecordedCheckpoint]:
+    def _pool(self) -> list[RecordedCheckpoint]:
         """The recorded checkpoints still readable (folder, kept copy, or Hub), in step order."""
-        records = sorted(self.checkpoints, key=lambda c: c.step)
-        if any(r.spec() != str(r.path) and (r.hub_spec or r.hub_commit_title) for r in records):
-            self._wait_for_trainer_push()
-        records = self._find_hub_commits(records)
         pool, gone = [], []
-        for record in records:
+        for record in sorted(self.checkpoints, key=lambda c: c.step):
             (pool if record.spec() is not None else gone).append(record)
         if gone:
             logger.warning(
@@ -391,39 +485,6 @@ class RecycleCallback(TrainerCallback):
                 ", ".join(c.name for c in gone),
             )
         return pool
-
-    @staticmethod
-    def _wait_for_trainer_push() -> None:
-        """Wait for the Trainer's Hub uploads in flight: a rotated checkpoint is read back from the Hub."""
-        from transformers import Trainer
-
-        push = getattr(_find_caller(Trainer), "push_in_progress", None)
-        if push is not None and not push.is_done():
-            logger.info("RecycleCallback: waiting for the Trainer's checkpoint uploads to finish")
-            push.wait_until_done()
-
-    def _find_hub_commits(self, records: list[RecordedCheckpoint]) -> list[RecordedCheckpoint]:
-        """For ``every_save`` records whose folder is gone, find the sha of the commit that pushed them."""
-        wanted = [r for r in records if r.hub_commit_title and r.spec() is None]
-        if not wanted or self._hub_repo is None:
-            return records
-        try:
-            from huggingface_hub import HfApi
-
-            commits = HfApi().list_repo_commits(self._hub_repo)
-        except Exception as exc:  # the Hub is a fallback here: a failure only shrinks the pool
-            logger.warning("RecycleCallback: cannot list the commits of %s: %s", self._hub_repo, exc)
-            return records
-        by_title = {c.title: c.commit_id for c in reversed(commits)}  # newest commit wins a repeated title
-        out = []
-        for record in records:
-            sha = by_title.get(record.hub_commit_title) if record in wanted else None
-            if sha:
-                record = RecordedCheckpoint(
-                    record.step, record.path, record.kind, record.kept, f"{self._hub_repo}@{sha}", None
-                )
-            out.append(record)
-        return out
 
     # --- the final weights ------------------------------------------------------------------
 
@@ -465,35 +526,34 @@ class RecycleCallback(TrainerCallback):
         from hf_recycle.pipeline import run
         from hf_recycle.recipe import OutputSpec
 
-        recipe = _with_absolute_data_paths(self.recipe, self.base_dir).model_copy(
+        recipe = self.recipe.model_copy(
             update={
                 "checkpoints": specs,
                 "output": OutputSpec(dir=str(out), max_shard_size=self.recipe.output.max_shard_size),
             }
         )
         logger.info("RecycleCallback: recycling %d checkpoints into %s", len(specs), out)
-        return run(recipe, push=self.push, output_dir=out, device=self.device).results
+        return run(recipe, push=self.push, output_dir=out, base_dir=self.base_dir, device=self.device).results
 
-    def _log_scores(self, args: Any, state: Any, control: Any, results: dict[str, Any]) -> None:
+    def _log_scores(self, state: Any, results: dict[str, Any]) -> None:
         """Send the scores through the Trainer's log, so every reporter (TensorBoard, W&B...) gets them."""
         logs = scores_to_logs(results)
-        if not logs:
-            return
-        from transformers import Trainer
-        from transformers.trainer_callback import CallbackHandler
-
-        trainer = _find_caller(Trainer)
+        trainer = self._trainer()
         if trainer is not None:
             trainer.log(logs)
-            return
-        handler = _find_caller(CallbackHandler)
-        state.log_history.append({**logs, "step": state.global_step})
-        if handler is not None:
-            handler.on_log(args, state, control, logs)
         else:
+            state.log_history.append({**logs, "step": state.global_step})
             logger.warning(
                 "RecycleCallback: not called by a Trainer: the scores went to state.log_history only"
             )
+
+
+def _strategy_name(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _hub_strategy(args: Any) -> str:
+    return _strategy_name(args.hub_strategy)
 
 
 def scores_to_logs(results: dict[str, Any]) -> dict[str, float]:
@@ -514,33 +574,3 @@ def scores_to_logs(results: dict[str, Any]) -> dict[str, float]:
     for i, weight in enumerate(winner.get("weights") or []):
         logs[f"recycle/weight/{i}"] = float(weight)
     return logs
-
-
-def _absolute(value: Any, base_dir: Path) -> Any:
-    if isinstance(value, str):
-        return value if Path(value).is_absolute() else str(base_dir / value)
-    if isinstance(value, list):
-        return [_absolute(v, base_dir) for v in value]
-    if isinstance(value, dict):
-        return {k: _absolute(v, base_dir) for k, v in value.items()}
-    return value
-
-
-def _with_absolute_data_paths(recipe: Any, base_dir: Path) -> Any:
-    """``recipe`` with its tasks' relative local data paths made absolute against ``base_dir``.
-
-    The pipeline resolves a Recipe object's task paths against the current folder; the
-    callback's recipe came from a file (or ``base_dir=``), so its paths are fixed here.
-    """
-    tasks = []
-    for task in recipe.tasks:
-        data = task.data
-        update: dict[str, Any] = {}
-        if data.data_files is not None:
-            update["data_files"] = _absolute(data.data_files, base_dir)
-        if data.data_dir is not None:
-            update["data_dir"] = _absolute(data.data_dir, base_dir)
-        if not Path(data.path).is_absolute() and (base_dir / data.path).exists():
-            update["path"] = str(base_dir / data.path)
-        tasks.append(task.model_copy(update={"data": data.model_copy(update=update)}) if update else task)
-    return recipe.model_copy(update={"tasks": tasks})

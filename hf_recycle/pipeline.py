@@ -98,18 +98,23 @@ class RunResult:
     pushes: list[Any] = field(default_factory=list)
 
 
-def _load(recipe: Any) -> tuple[Any, str, Path, str]:
-    """``(recipe, exact text, base dir, display path)`` of a path or a Recipe object."""
+def _load(recipe: Any, base_dir: str | Path | None = None) -> tuple[Any, str, Path, str]:
+    """``(recipe, exact text, base dir, display path)`` of a path or a Recipe object.
+
+    The base dir is ``base_dir`` when given, else the recipe file's folder, else the
+    current folder (as in :func:`hf_recycle.search.api.prepare`).
+    """
     from hf_recycle.recipe import Recipe
 
     if isinstance(recipe, str | Path):
         path = Path(recipe)
         parsed = Recipe.from_yaml(path)
-        return parsed, path.read_text(encoding="utf-8"), path.resolve().parent, str(path)
+        base = Path(base_dir) if base_dir else path.resolve().parent
+        return parsed, path.read_text(encoding="utf-8"), base, str(path)
     import yaml
 
     text = yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
-    return recipe, text, Path.cwd(), RECIPE_FILENAME
+    return recipe, text, Path(base_dir) if base_dir else Path.cwd(), RECIPE_FILENAME
 
 
 def _command(path: str, *, push: bool, trials: int | None, storage: str | None, endpoint: str | None) -> str:
@@ -219,14 +224,14 @@ def run(
     endpoint: str | None = None,
     token: str | bool | None = None,
     output_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
     device: str | None = None,
     progress: bool = False,
 ) -> RunResult | RunPlan:
     """Run a recipe end to end: search, final merge, model card, lock file, push.
 
     Args:
-        recipe: A :class:`~hf_recycle.recipe.Recipe` or the path of a recipe file (task data
-            paths resolve against its folder; against the current folder for a Recipe).
+        recipe: A :class:`~hf_recycle.recipe.Recipe` or the path of a recipe file.
         push: Push the merged model to the recipe's ``push:`` target.
         dry_run: Only resolve the pins and return the :class:`RunPlan`.
         trials: Finished trials the study should hold (default: ``search.trials``).
@@ -234,6 +239,8 @@ def run(
         endpoint: Hub endpoint (default: the recipe's ``endpoint``, else ``HF_ENDPOINT``).
         token: Hub token for resolving and pushing (default: ``HF_TOKEN`` or the stored login).
         output_dir: Output folder (default: ``output.dir``).
+        base_dir: Folder that the tasks' relative data (and metric) paths resolve against
+            (default: the recipe file's folder; the current folder for a Recipe object).
         device: Where the search's live model runs (default: ``merge.device``).
         progress: Show a progress bar during the search.
 
@@ -256,7 +263,7 @@ def run(
     )
     if dry_run:
         return the_plan
-    parsed, text, base_dir, display = _load(recipe)
+    parsed, text, base_dir, display = _load(recipe, base_dir)
     endpoint = endpoint or parsed.endpoint
     if endpoint != parsed.endpoint:
         parsed = parsed.model_copy(update={"endpoint": endpoint})

@@ -1,7 +1,8 @@
-"""RecycleCallback on real Trainer runs of a tiny Llama: full fine-tunes and PEFT LoRA runs."""
+"""RecycleCallback on real Trainer runs of a tiny Llama: full fine-tunes, PEFT LoRA runs, Hub pushes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ from hf_recycle.errors import RecycleCallbackError
 from hf_recycle.testing import models
 
 SEQ_LEN = 12
+UPLOAD_DELAY_S = 1.5  # longer than the few training steps between two saves
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +87,7 @@ def _trainer(model, out: Path, callback, *, tokenizer=True, **args):
         args=TrainingArguments(**defaults),
         train_dataset=_train_set(),
         processing_class=models.build_char_tokenizer() if tokenizer else None,
-        callbacks=[callback],
+        callbacks=[callback, _LogCatcher()],
     )
 
 
@@ -96,6 +98,115 @@ class _NoSaveAtLastStep(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_save = False
         return control
+
+
+class _LogCatcher(TrainerCallback):
+    """A stand-in for a reporter (TensorBoard, W&B): keeps every ``logs`` dict the Trainer sends on_log."""
+
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+class _CopyOnSave(TrainerCallback):
+    """Copies each checkpoint's weights as the Trainer saves it (the Trainer may delete the folder later)."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+
+    def on_save(self, args, state, control, **kwargs):
+        import shutil
+
+        src = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "model.safetensors"
+        (self.dest / f"checkpoint-{state.global_step}").mkdir(parents=True)
+        shutil.copy2(src, self.dest / f"checkpoint-{state.global_step}" / "model.safetensors")
+
+
+class _OtherRank(TrainerCallback):
+    """Forwards every event to ``inner`` as another process of a distributed run sees it.
+
+    The Trainer sets ``state.is_world_process_zero`` from ``args.process_index``; here each
+    event reaches ``inner`` with a copy of the state whose ``is_world_process_zero`` is False,
+    and with the real model and tokenizer, in the same folders as the main process.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def _forward(self, event, args, state, control, **kwargs):
+        return getattr(self.inner, event)(
+            args, dataclasses.replace(state, is_world_process_zero=False), control, **kwargs
+        )
+
+    def on_train_begin(self, *args, **kwargs):
+        return self._forward("on_train_begin", *args, **kwargs)
+
+    def on_step_end(self, *args, **kwargs):
+        return self._forward("on_step_end", *args, **kwargs)
+
+    def on_epoch_end(self, *args, **kwargs):
+        return self._forward("on_epoch_end", *args, **kwargs)
+
+    def on_save(self, *args, **kwargs):
+        return self._forward("on_save", *args, **kwargs)
+
+    def on_train_end(self, *args, **kwargs):
+        return self._forward("on_train_end", *args, **kwargs)
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A local Hub server that huggingface_hub, and the Trainer's pushes, talk to."""
+    import huggingface_hub.constants as c
+    import transformers.utils.hub as transformers_hub
+
+    from hf_recycle.testing.local_hub import LOCAL_TOKEN, LocalHub
+
+    with LocalHub() as hub:
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(c, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(
+            c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setenv("HF_TOKEN", LOCAL_TOKEN)
+        # the Trainer pushes through one HfApi shared by the process, which keeps the endpoint it
+        # was created with: a fresh one for this server
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)
+        yield hub
+
+
+@pytest.fixture
+def slow_uploads(monkeypatch):
+    """The first two background Hub jobs (the Trainer's ``upload_folder(run_as_future=True)``) start late.
+
+    As on a slow network, the first save's uploads are then still queued when the next save
+    comes a few training steps later: the Trainer skips that save's push, and its rotation
+    deletes the folder that the queued upload is about to read.
+    """
+    import itertools
+    import time
+
+    from huggingface_hub import HfApi
+
+    submit = HfApi.run_as_future
+    count = itertools.count()
+
+    def run_late(self, fn, *args, **kwargs):
+        delay = UPLOAD_DELAY_S if next(count) < 2 else 0.0
+
+        def late(*a, **kw):
+            time.sleep(delay)
+            return fn(*a, **kw)
+
+        return submit(self, late, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "run_as_future", run_late)
+
+
+def _commits_by_title(hub, repo: str) -> dict[str, str]:
+    return {c.title: c.commit_id for c in hub.api().list_repo_commits(repo)}
 
 
 def _merged_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -123,6 +234,9 @@ def _assert_recycled(out: Path, trainer, n_pool: int) -> dict:
     assert logged[0]["recycle/search/mean"] == pytest.approx(results["winner"]["search"]["mean"])
     assert logged[0]["recycle/test/mean"] == pytest.approx(results["winner"]["test"]["mean"])
     assert [logged[0][f"recycle/weight/{i}"] for i in range(n_pool)] == pytest.approx(weights)
+    (catcher,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, _LogCatcher)]
+    sent = [logs for logs in catcher.logs if "recycle/search/mean" in logs]  # what reporters got, via on_log
+    assert len(sent) == 1 and sent[0]["recycle/search/mean"] == logged[0]["recycle/search/mean"]
     return results
 
 
@@ -218,7 +332,10 @@ def test_fewer_than_two_checkpoints_warns_and_does_nothing(tmp_path, base_dir, c
         trainer.train()
 
     messages = [r.getMessage() for r in caplog.records]
-    assert any("save_total_limit=1" in m and "keep_checkpoints=True" in m for m in messages)  # at train begin
+    assert [r.funcName for r in caplog.records if "save_total_limit=1" in r.getMessage()] == [
+        "on_train_begin"
+    ]
+    assert any("save_total_limit=1" in m and "keep_checkpoints=True" in m for m in messages)
     assert any("leave the pool: checkpoint-4" in m for m in messages)
     assert any("needs at least 2: nothing recycled" in m for m in messages)
     assert not (out / "recycled/results.json").exists()
@@ -285,48 +402,134 @@ def test_only_the_main_process_records(tmp_path, base_dir):
     ]
 
 
-@pytest.mark.skip(reason="races with the Trainer's async hub push when run in the full suite: checkpoint-4 not yet on the Hub; open issue")
-def test_hub_all_checkpoints_brings_back_rotated_checkpoints_and_pushes(tmp_path, base_dir, monkeypatch):
-    import huggingface_hub.constants as c
+def test_hub_all_checkpoints_brings_back_rotated_checkpoints_and_pushes(
+    tmp_path, base_dir, local_hub, slow_uploads
+):
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from hf_recycle import RecycleCallback
-    from hf_recycle.testing.local_hub import LOCAL_TOKEN, LocalHub
 
-    with LocalHub() as hub:
-        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(c, "ENDPOINT", hub.endpoint)
-        monkeypatch.setattr(
-            c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setenv("HF_TOKEN", LOCAL_TOKEN)
-        out = tmp_path / "run"
-        callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path, push_to="me/run-recycled")
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        trainer = _trainer(
-            model,
-            out,
-            callback,
-            max_steps=8,
-            save_steps=4,
-            save_total_limit=1,
-            push_to_hub=True,
-            hub_model_id="me/run",
-            hub_strategy="all_checkpoints",
-        )
-        trainer.train()
+    out = tmp_path / "run"
+    callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path, push_to="me/run-recycled")
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # saves at 4 and 8; save_total_limit=1 deletes checkpoint-4 at the save of step 8, while the
+    # Trainer's upload of checkpoint-4 may still be queued: the callback waits for it before that save
+    trainer = _trainer(
+        model,
+        out,
+        callback,
+        max_steps=8,
+        save_steps=4,
+        save_total_limit=1,
+        push_to_hub=True,
+        hub_model_id="me/run",
+        hub_strategy="all_checkpoints",
+    )
+    trainer.add_callback(_CopyOnSave(tmp_path / "copies"))
+    trainer.train()
 
-        assert [c.hub_spec for c in callback.checkpoints] == [
-            "me/run@main:checkpoint-4",
-            "me/run@main:checkpoint-8",
-        ]
-        assert not (out / "checkpoint-4").exists()
-        results = _assert_recycled(out, trainer, 2)
-        first, second = results["checkpoints"]
-        assert (first["repo_id"], first["subfolder"], len(first["commit"])) == ("me/run", "checkpoint-4", 40)
-        assert second["path"] == str((out / "checkpoint-8").resolve())
-        files = hub.api().list_repo_files("me/run-recycled")
-        assert "README.md" in files and any(f.endswith(".safetensors") for f in files)
+    commits = _commits_by_title(local_hub, "me/run")
+    pushed = [commits[f"Training in progress, step {n}, checkpoint"] for n in (4, 8)]
+    assert [c.hub_spec for c in callback.checkpoints] == [
+        f"me/run@{pushed[0]}:checkpoint-4",
+        f"me/run@{pushed[1]}:checkpoint-8",
+    ]
+    assert not (out / "checkpoint-4").exists()
+    results = _assert_recycled(out, trainer, 2)
+    first, second = results["checkpoints"]
+    assert (first["repo_id"], first["commit"], first["subfolder"]) == ("me/run", pushed[0], "checkpoint-4")
+    assert second["path"] == str((out / "checkpoint-8").resolve())
+
+    # checkpoint-4 on the Hub holds the weights the Trainer saved at step 4
+    on_hub = hf_hub_download("me/run", "checkpoint-4/model.safetensors", revision=pushed[0])
+    saved = models.load_state_dict(tmp_path / "copies/checkpoint-4")
+    hub_state = load_file(on_hub)
+    assert set(hub_state) == set(saved)
+    assert all(torch.equal(hub_state[k], saved[k]) for k in saved)
+    files = local_hub.api().list_repo_files("me/run-recycled")
+    assert "README.md" in files and any(f.endswith(".safetensors") for f in files)
+
+
+def test_hub_every_save_recycles_rotated_checkpoints_from_their_commits(
+    tmp_path, base_dir, local_hub, slow_uploads
+):
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from hf_recycle import RecycleCallback
+
+    out = tmp_path / "run"
+    callback = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # saves at 4, 8 and 12, each one a commit of the repo's root; save_total_limit=1 leaves only
+    # checkpoint-12 on disk, so checkpoints 4 and 8 come back from the commits that pushed them
+    trainer = _trainer(
+        model,
+        out,
+        callback,
+        max_steps=12,
+        save_steps=4,
+        save_total_limit=1,
+        push_to_hub=True,
+        hub_model_id="me/run",
+        hub_strategy="every_save",
+    )
+    trainer.add_callback(_CopyOnSave(tmp_path / "copies"))
+    trainer.train()
+
+    commits = _commits_by_title(local_hub, "me/run")
+    shas = [commits[f"Training in progress, step {n}"] for n in (4, 8, 12)]  # every save was pushed
+    assert [(c.step, c.hub_spec) for c in callback.checkpoints] == [
+        (n, f"me/run@{sha}") for n, sha in zip((4, 8, 12), shas, strict=True)
+    ]
+    assert not (out / "checkpoint-4").exists() and not (out / "checkpoint-8").exists()
+    results = _assert_recycled(out, trainer, 3)
+    assert [c.get("commit") for c in results["checkpoints"][:2]] == shas[:2]
+    assert results["checkpoints"][2]["path"] == str((out / "checkpoint-12").resolve())
+
+    # each pushed commit holds the weights the Trainer saved at that step
+    sources = []
+    for n, sha in zip((4, 8), shas[:2], strict=True):
+        hub_state = load_file(hf_hub_download("me/run", "model.safetensors", revision=sha))
+        saved = models.load_state_dict(tmp_path / f"copies/checkpoint-{n}")
+        assert set(hub_state) == set(saved) and all(torch.equal(hub_state[k], saved[k]) for k in saved)
+        sources.append(hub_state)
+    sources.append(models.load_state_dict(out / "checkpoint-12"))
+    assert not all(torch.equal(sources[0][k], sources[1][k]) for k in sources[0])  # training moved them
+
+    merged = _merged_state(out / "recycled")
+    w = results["winner"]["weights"]
+    assert set(merged) == set(sources[0])
+    for key, value in merged.items():
+        expected = sum(float(wi) * s[key].double() for wi, s in zip(w, sources, strict=True))
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_other_processes_of_a_distributed_run_do_nothing(tmp_path, base_dir):
+    from transformers import AutoModelForCausalLM
+
+    from hf_recycle import RecycleCallback
+
+    out = tmp_path / "run"
+    main = RecycleCallback(_recipe(tmp_path), base_dir=tmp_path)
+    other = RecycleCallback(
+        _recipe(tmp_path), base_dir=tmp_path, keep_checkpoints=True, output_dir=tmp_path / "other"
+    )
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    trainer = _trainer(model, out, main, max_steps=6, save_steps=3, save_total_limit=1)
+    trainer.add_callback(_OtherRank(other))
+    trainer.add_callback(_NoSaveAtLastStep())
+    trainer.train()
+
+    # the main process recycled checkpoint-3 and the final weights (the last save was not at step 6)
+    _assert_recycled(out, trainer, 2)
+    # the other process recorded, kept, saved and recycled nothing, and logged no score
+    assert other.checkpoints == [] and other.results is None
+    assert not (tmp_path / "other").exists() and not (out / "_recycle/pool").exists()
+    assert len([e for e in trainer.state.log_history if "recycle/search/mean" in e]) == 1
 
 
 def test_resumed_run_picks_up_earlier_checkpoints(tmp_path):

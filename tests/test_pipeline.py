@@ -229,3 +229,31 @@ def test_pareto_members_are_merged_and_pushed_to_their_own_branches(hub, tmp_pat
         member["test"]["addition"],
         member["test"]["reversal"],
     ]
+
+
+def test_base_dir_resolves_relative_task_data_paths(hub, tmp_path, monkeypatch):
+    from hf_recycle.errors import TaskError
+    from hf_recycle.pipeline import run
+    from hf_recycle.recipe import Recipe
+
+    server, _ = hub
+    home = tmp_path / "home"  # holds data/reversal.jsonl, which the recipe names relatively
+    path = _recipe(home, "based", search={"sampler": "random", "trials": 2, "baselines": ["uniform"]})
+    data = yaml.safe_load(path.read_text())
+    data["tasks"] = data["tasks"][1:]  # one task keeps this test fast
+    elsewhere = tmp_path / "elsewhere"  # no data/ folder here
+    elsewhere.mkdir()
+    moved = elsewhere / "based.yaml"
+    moved.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(elsewhere)
+    recipe = Recipe.from_yaml(moved)
+
+    # by default: the recipe file's folder, or the current folder for a Recipe object; neither has the data
+    for target in (moved, recipe):
+        with pytest.raises(TaskError, match="data not found"):
+            run(target, endpoint=server.endpoint, output_dir=tmp_path / "failed")
+    # base_dir= points both at the folder that has it
+    for i, target in enumerate((moved, recipe)):
+        result = run(target, endpoint=server.endpoint, output_dir=tmp_path / f"out-{i}", base_dir=home)
+        assert result.results["trials"] == 2
+        assert (result.model_dirs[0] / "model.safetensors").is_file()
