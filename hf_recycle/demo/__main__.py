@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_CACHE", os.path.abspath(os.path.join(args.output, "hf-cache")))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One line per step is enough: no per-file progress bars (the search keeps its own).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import torch
@@ -33,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from hf_recycle.demo.run import run_demo
 
-    run_demo(args.output, steps_scale=args.steps_scale, trials=args.trials, figure=args.figure)
+    run_demo(
+        args.output,
+        steps_scale=args.steps_scale,
+        trials=args.trials,
+        figure=args.figure,
+        progress=sys.stderr.isatty(),
+    )
     return 0
 
 

@@ -4,8 +4,9 @@ A shared trunk is trained from scratch on an even mixture of the two tasks (the
 ``base`` of the demo repo, as a pre-trained model is the base of the paper's SFT and
 RLHF variants). Branches continue from it with other data mixtures and learning
 rates, like the checkpoints a real training effort leaves behind: each one gains on
-the task its data favours and loses on the other. Every branch shares the trunk's
-lineage, so a linear merge of them is meaningful.
+the task its data favours and loses on the other, and most are saved mid-schedule
+(constant learning rate), so each carries its own noise. Every branch shares the
+trunk's lineage, so a linear merge of them is meaningful.
 
 Training is plain PyTorch (AdamW, warmup then cosine decay, gradient clipping), on one
 CPU thread with fixed seeds: the same plan gives the same weights on every run.
@@ -17,13 +18,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hf_recycle.demo.tasks import TrainingStream
+from hf_recycle.demo.tasks import TrainingStream, mixture_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Stage:
         parent: Name of the stage it continues from; ``None`` starts from a random init.
         steps: Optimizer steps.
         lr: Peak learning rate.
-        addition_share: Share of addition examples in its data (the rest is reversal).
+        mixture: Share of each task in its data (task name -> share, summing to 1).
         final_lr: Learning rate at the last step, as a fraction of ``lr`` (cosine decay);
             1.0 keeps it constant after the warmup.
         warmup: Linear warmup steps.
@@ -52,26 +53,34 @@ class Stage:
     parent: str | None
     steps: int
     lr: float
-    addition_share: float
+    mixture: dict[str, float] = field(default_factory=lambda: mixture_of(0.5))
     final_lr: float = 0.1
     warmup: int = 10
     seed: int = 0
     note: str = ""
 
 
-# The pool: "step-0" is the shared trunk (also published as the repo's "base" branch); every
-# other stage is a branch of it with another data mixture or learning rate.
+# The pool: "step-0" is the shared trunk (also published as the repo's "base" branch), trained
+# on an even mixture at a constant learning rate and saved mid-schedule; every other stage is a
+# branch of it with another data mixture or learning rate. Most branches keep the learning rate
+# constant (checkpoints saved mid-run); the two low-lr ones anneal it. The four single-task
+# branches forget the other task, so they look bad alone (a mean near 0.4 for the two at a
+# constant lr), yet they carry their task's progress into a merge. No branch anneals on the even
+# mixture: in this toy such a checkpoint matched or beat the best merge (a finished multi-task
+# run leaves little to recycle), so the pool holds specialised or unfinished runs instead.
 TRUNK = "step-0"
 BASE = "base"
 DEMO_PLAN: tuple[Stage, ...] = (
-    Stage(TRUNK, None, 800, 3e-3, 0.5, final_lr=1.0, warmup=30, seed=100, note="trunk, even mixture"),
-    Stage("step-1", TRUNK, 200, 2e-3, 1.0, seed=201, note="addition only"),
-    Stage("step-2", TRUNK, 200, 1e-3, 1.0, seed=202, note="addition only, low lr"),
-    Stage("step-3", TRUNK, 200, 2e-3, 0.0, seed=203, note="reversal only"),
-    Stage("step-4", TRUNK, 200, 1e-3, 0.0, seed=204, note="reversal only, low lr"),
-    Stage("step-5", TRUNK, 200, 5e-3, 1.0, final_lr=1.0, seed=205, note="addition only, high lr"),
-    Stage("step-6", TRUNK, 200, 5e-3, 0.0, final_lr=1.0, seed=206, note="reversal only, high lr"),
-    Stage("step-7", TRUNK, 200, 6e-3, 0.5, final_lr=1.0, seed=207, note="even mixture, high lr"),
+    Stage(
+        TRUNK, None, 600, 3e-3, mixture_of(0.5), final_lr=1.0, warmup=30, seed=100, note="trunk, even mixture"
+    ),
+    Stage("step-1", TRUNK, 200, 3e-3, mixture_of(1.0), final_lr=1.0, seed=201, note="sorting only"),
+    Stage("step-2", TRUNK, 200, 3e-3, mixture_of(0.0), final_lr=1.0, seed=202, note="reversal only"),
+    Stage("step-3", TRUNK, 200, 3e-3, mixture_of(0.75), final_lr=1.0, seed=203, note="3:1 sorting:reversal"),
+    Stage("step-4", TRUNK, 200, 3e-3, mixture_of(0.25), final_lr=1.0, seed=204, note="1:3 sorting:reversal"),
+    Stage("step-5", TRUNK, 200, 5e-3, mixture_of(0.5), final_lr=1.0, seed=205, note="even mixture, high lr"),
+    Stage("step-6", TRUNK, 200, 1e-3, mixture_of(1.0), seed=206, note="sorting only, low lr, annealed"),
+    Stage("step-7", TRUNK, 200, 1e-3, mixture_of(0.0), seed=207, note="reversal only, low lr, annealed"),
 )
 
 
@@ -93,14 +102,12 @@ def build_demo_model(seed: int = 0):
     return AutoModelForCausalLM.from_config(tiny_llama_config(**MODEL_OVERRIDES))
 
 
-def _batch(tokenizer, stream: TrainingStream, addition_share: float, size: int):
+def _batch(tokenizer, stream: TrainingStream, shares: dict[str, float], size: int):
     """Right-padded ``(input_ids, attention_mask, labels)``; the loss covers answer + EOS only."""
-    rows = []
-    for _ in range(size):
-        prompt, answer = stream.sample(addition_share)
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        answer_ids = tokenizer(answer)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt_ids, answer_ids))
+    pairs = [stream.sample(shares) for _ in range(size)]
+    prompts = tokenizer([p for p, _ in pairs])["input_ids"]
+    answers = tokenizer([a for _, a in pairs])["input_ids"]
+    rows = [(p, [*a, tokenizer.eos_token_id]) for p, a in zip(prompts, answers, strict=True)]
     length = max(len(p) + len(a) for p, a in rows)
     ids = torch.full((size, length), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((size, length), dtype=torch.long)
@@ -129,14 +136,14 @@ def train_stage(model, tokenizer, stage: Stage, batch_size: int = BATCH_SIZE) ->
             factor = stage.final_lr + (1 - stage.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = stage.lr * factor
-        ids, mask, labels = _batch(tokenizer, stream, stage.addition_share, batch_size)
+        ids, mask, labels = _batch(tokenizer, stream, stage.mixture, batch_size)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def train_pool(

@@ -4,7 +4,9 @@ Steps: (1) train the pool (:mod:`hf_recycle.demo.pool`) and publish it to a loca
 Hub-compatible server on 127.0.0.1 as ``demo/tiny-lm`` (branch ``base`` and one
 ``step-*`` branch per checkpoint); (2) run the recipe against that server with
 :func:`hf_recycle.pipeline.run`; (3) push the merged model and its card to the same
-server; (4) score every checkpoint on the held-out split and print the table.
+server, and score the pushed model again from the server to check that it is the model
+the search measured; (4) score every checkpoint on the held-out split and print the table,
+with how the optimized merge compares to the baselines and how many checkpoints it uses.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ID = "demo/tiny-lm"
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+# A checkpoint "gets weight" in the merge when its normalized weight is at least this much.
+WEIGHT_THRESHOLD = 0.02
 
 
 @dataclass
@@ -33,6 +37,8 @@ class DemoResult:
         results: The pipeline's ``results.json`` content.
         table: The rows printed: one per checkpoint, baseline and the optimized merge.
         push_url: Where the merged model went (commit URL on the local Hub).
+        pushed_test: Held-out scores of the pushed model, downloaded from the local Hub.
+        summary: The optimized merge against the baselines (see :func:`summarize`).
         seconds: Wall time of each step.
     """
 
@@ -40,6 +46,8 @@ class DemoResult:
     results: dict[str, Any]
     table: list[dict[str, Any]]
     push_url: str | None
+    pushed_test: dict[str, float] | None
+    summary: dict[str, Any]
     seconds: dict[str, float]
 
 
@@ -101,6 +109,47 @@ def _flat(scores: dict[str, float]) -> dict[str, Any]:
     return {"scores": {k: v for k, v in scores.items() if k != "mean"}, "mean": scores["mean"]}
 
 
+def summarize(results: dict[str, Any], threshold: float = WEIGHT_THRESHOLD) -> dict[str, Any]:
+    """The optimized merge against the baselines, on the held-out split, and the weights it uses.
+
+    Args:
+        results: The pipeline's ``results.json`` content.
+        threshold: A checkpoint is used when its (normalized) merge weight is at least this.
+
+    Returns:
+        ``{"merge": mean, "baselines": {name: mean}, "margins": {name: merge - baseline},
+        "beats": {name: merge > baseline}, "weight_threshold", "checkpoints_used", "checkpoints"}``,
+        every mean the held-out macro-average.
+    """
+    merge = results["winner"]["test"]["mean"]
+    baselines = {name: entry["test"]["mean"] for name, entry in results["baselines"].items()}
+    weights = results["winner"]["weights"]
+    return {
+        "merge": merge,
+        "baselines": baselines,
+        "margins": {name: merge - mean for name, mean in baselines.items()},
+        "beats": {name: merge > mean for name, mean in baselines.items()},
+        "weight_threshold": threshold,
+        "checkpoints_used": sum(w >= threshold for w in weights),
+        "checkpoints": len(weights),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line per baseline (the merge's held-out margin over it), then the weights line."""
+    labels = {"uniform": "uniform soup", "best_single": "best single", "greedy_soup": "greedy soup"}
+    lines = [
+        f"optimized merge {summary['merge']:.3f} vs {labels.get(name, name)} {mean:.3f}: "
+        f"{summary['margins'][name]:+.3f} ({'better' if summary['beats'][name] else 'not better'})"
+        for name, mean in summary["baselines"].items()
+    ]
+    lines.append(
+        f"{summary['checkpoints_used']} of {summary['checkpoints']} checkpoints have merge weight "
+        f">= {summary['weight_threshold']:g}"
+    )
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict[str, Any]], tasks: list[str]) -> str:
     """The held-out table as GitHub markdown: one row per checkpoint, baseline and the merge."""
     merge = next((r for r in rows if r["kind"] == "merge"), None)
@@ -124,26 +173,95 @@ def format_table(rows: list[dict[str, Any]], tasks: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_pareto(rows: list[dict[str, Any]], tasks: list[str], path: str | Path) -> Path:
-    """The two task axes: every checkpoint, the baselines and the optimized merge (held-out)."""
+def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes, sorted by the first axis."""
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    return sorted(set(front))
+
+
+def plot_pareto(
+    rows: list[dict[str, Any]], tasks: list[str], path: str | Path, threshold: float = WEIGHT_THRESHOLD
+) -> Path:
+    """The held-out picture: the two task axes (checkpoints, baselines, the merge) and the merge weights.
+
+    Left: every checkpoint (its marker area grows with its merge weight), the checkpoints'
+    Pareto front, the baselines and the optimized merge, with dotted lines of equal
+    macro-average. Right: the merge weight of each checkpoint and the ``threshold``.
+    """
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=110)
-    styles = {"checkpoint": ("o", "tab:gray"), "baseline": ("s", "tab:blue"), "merge": ("*", "tab:red")}
+    a, b = tasks[:2]
+    checkpoints = [r for r in rows if r["kind"] == "checkpoint"]
+    merge = next(r for r in rows if r["kind"] == "merge")
+    weights = merge["weights"]
+    fig, (ax, wax) = plt.subplots(1, 2, figsize=(11.5, 5.2), dpi=110, gridspec_kw={"width_ratios": [1.6, 1]})
+
+    for level in (0.5, 0.6, 0.7, 0.8, 0.9):  # the macro-average of two tasks is constant on x + y = 2 level
+        ax.plot([2 * level - 1.05, 1.05], [1.05, 2 * level - 1.05], ls=":", lw=0.8, color="0.7", zorder=1)
+        x, y = 2 * level - 1, 1.0  # where the line enters the box
+        ax.annotate(
+            f"mean {level:.1f}", (x, y), xytext=(3, -9), textcoords="offset points", fontsize=7, color="0.5"
+        )
+    xy = [(r["test"]["scores"][a], r["test"]["scores"][b]) for r in checkpoints]
+    front = _pareto_front(xy)
+    ax.plot(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        ls="--",
+        lw=1,
+        color="0.5",
+        zorder=2,
+        label="checkpoints' Pareto front",
+    )
+    for (x, y), row, w in zip(xy, checkpoints, weights, strict=True):
+        ax.scatter([x], [y], s=30 + 900 * w, color="0.55", alpha=0.75, edgecolor="0.2", zorder=3)
+        ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(7, -3), fontsize=8)
+    ax.scatter([], [], s=60, color="0.55", edgecolor="0.2", label="checkpoint (area ~ merge weight)")
+    colors = {"uniform soup": "tab:blue", "best single": "tab:green", "greedy soup": "tab:purple"}
     for row in rows:
-        marker, color = styles[row["kind"]]
-        x, y = (row["test"]["scores"][t] for t in tasks[:2])
-        ax.scatter([x], [y], marker=marker, color=color, s=260 if row["kind"] == "merge" else 60, zorder=3)
-        ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlabel(f"{tasks[0]} (held-out exact match)")
-    ax.set_ylabel(f"{tasks[1]} (held-out exact match)")
-    ax.set_title("hf-recycle demo: checkpoints, baselines and the optimized merge")
-    ax.grid(alpha=0.3)
+        if row["kind"] != "baseline":
+            continue
+        x, y = row["test"]["scores"][a], row["test"]["scores"][b]
+        label = f"{row['name']} ({row['test']['mean']:.3f})"
+        ax.scatter(
+            [x], [y], marker="s", s=70, color=colors.get(row["name"], "tab:blue"), zorder=4, label=label
+        )
+    x, y = merge["test"]["scores"][a], merge["test"]["scores"][b]
+    ax.scatter(
+        [x],
+        [y],
+        marker="*",
+        s=380,
+        color="tab:red",
+        edgecolor="k",
+        zorder=5,
+        label=f"optimized merge ({merge['test']['mean']:.3f})",
+    )
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"{a} (held-out exact match)")
+    ax.set_ylabel(f"{b} (held-out exact match)")
+    ax.set_title("Held-out scores: checkpoints, baselines, optimized merge", fontsize=10)
+    ax.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
+
+    names = [f"{r['name']}: {r['note']}" if r["note"] else r["name"] for r in checkpoints]
+    used = [w >= threshold for w in weights]
+    wax.barh(names, weights, color=["tab:red" if u else "0.7" for u in used])
+    wax.axvline(threshold, color="k", lw=0.8, ls="--")
+    wax.annotate(
+        f"{threshold:g}", (threshold, len(names) - 0.4), fontsize=7, xytext=(3, 0), textcoords="offset points"
+    )
+    wax.invert_yaxis()
+    wax.set_xlabel("merge weight (normalized)")
+    wax.set_title(f"Optimized merge: {sum(used)} of {len(names)} checkpoints >= {threshold:g}", fontsize=10)
+    for i, w in enumerate(weights):
+        wax.annotate(f"{w:.3f}", (w, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    wax.set_xlim(0, max(weights) * 1.25)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -157,6 +275,7 @@ def run_demo(
     steps_scale: float = 1.0,
     trials: int | None = None,
     figure: str | Path | None = None,
+    progress: bool = False,
     echo: Any = print,
 ) -> DemoResult:
     """Run the whole demo (see the module docstring) and print its table.
@@ -169,17 +288,19 @@ def run_demo(
         steps_scale: Multiplies every training stage's steps (the CI test uses less).
         trials: Search trials (default: the recipe's).
         figure: Also save the Pareto picture here (e.g. ``docs/demo_pareto.png``).
+        progress: Show a progress bar during the search.
         echo: Where progress lines go.
     """
     import shutil
 
     from hf_recycle.pipeline import run
     from hf_recycle.recipe import Recipe
+    from hf_recycle.score.api import score
     from hf_recycle.testing.local_hub import LOCAL_TOKEN, LocalHub
 
     out = Path(output_dir)
     recipe = Path(recipe)
-    for stale in ("study.db", "results.json", "results.md", "model", "plots"):
+    for stale in ("study.db", "results.json", "results.md", "model", "plots", "demo.json"):
         target = out / stale
         if target.is_dir():
             shutil.rmtree(target)
@@ -194,7 +315,7 @@ def run_demo(
         out / "pool",
         plan,
         on_stage=lambda s, loss, sec: echo(
-            f"      {s.name:<8} {s.note:<28} {s.steps:>4} steps  loss {loss:.3f}  {sec:5.1f}s"
+            f"      {s.name:<8} {s.note:<32} {s.steps:>4} steps  lr {s.lr:<6g} loss {loss:.3f}  {sec:5.1f}s"
         ),
     )
     seconds["train"] = time.perf_counter() - start
@@ -203,30 +324,63 @@ def run_demo(
     shutil.rmtree(hub_root, ignore_errors=True)
     with LocalHub(root=hub_root) as hub:
         publish_pool(hub, folders, plan)
-        echo(f"      published {REPO_ID} (branches {', '.join(s.name for s in plan)}) on {hub.endpoint}")
+        echo(
+            f"      published {REPO_ID} (branches base, {', '.join(s.name for s in plan)}) on {hub.endpoint}"
+        )
 
         echo(f"[2/4] hf-recycle run {recipe} --push  (endpoint {hub.endpoint})")
         start = time.perf_counter()
         result = run(
-            recipe, push=True, trials=trials, endpoint=hub.endpoint, token=LOCAL_TOKEN, output_dir=out
+            recipe,
+            push=True,
+            trials=trials,
+            endpoint=hub.endpoint,
+            token=LOCAL_TOKEN,
+            output_dir=out,
+            progress=progress,
         )
         seconds["run"] = time.perf_counter() - start
-        push_url = result.pushes[0].commit_url if result.pushes else None
+        push = result.pushes[0] if result.pushes else None
+        push_url = push.commit_url if push else None
         target = Recipe.from_yaml(recipe).push
         echo(
             f"[3/4] pushed the merged model and its card to {REPO_ID if target is None else target.repo}: {push_url}"
         )
+        pushed_test = None
+        if push is not None:
+            # Download the pushed model from the server and score it again: it must be the
+            # model the search measured (same held-out scores as the winner).
+            report = score(
+                f"{push.repo_id}@{push.commit_sha}",
+                recipe,
+                split="test",
+                device="cpu",
+                dtype="float32",
+                endpoint=hub.endpoint,
+                token=LOCAL_TOKEN,
+            ).to_json()
+            pushed_test = {**report["scores"], "mean": report["mean"]}
+            echo(f"      the pushed model, downloaded again, scores {pushed_test['mean']:.3f} held-out")
 
     echo("[4/4] held-out scores (test split; the search never saw it)")
     start = time.perf_counter()
     results = result.results
     tasks = [t["name"] for t in results["tasks"]]
     table = _table(results, _checkpoint_rows(recipe, results, folders, plan))
+    summary = summarize(results)
     seconds["score"] = time.perf_counter() - start
     echo(format_table(table, tasks))
-    summary = {"table": table, "tasks": tasks, "push_url": push_url, "seconds": seconds}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    echo(format_summary(summary))
+    record = {
+        "table": table,
+        "tasks": tasks,
+        "summary": summary,
+        "push_url": push_url,
+        "pushed_test": pushed_test,
+        "seconds": seconds,
+    }
+    (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     for picture in [out / "pareto.png", *([Path(figure)] if figure else [])]:
         plot_pareto(table, tasks, picture)
     echo(f"results: {out / 'results.json'}  picture: {out / 'pareto.png'}")
-    return DemoResult(out, results, table, push_url, seconds)
+    return DemoResult(out, results, table, push_url, pushed_test, summary, seconds)

@@ -1,9 +1,14 @@
 """The demo's two synthetic tasks: data files for the recipe and training batches for the pool.
 
-- ``addition``: ``"347+8="`` -> ``"355"`` (a number below :data:`ADD_A_MAX` plus one below
-  :data:`ADD_B_MAX`).
-- ``reversal``: ``"kqzt>"`` -> ``"tzqk"`` (lowercase strings of
+- ``sorting``: ``"gcaebj:"`` -> ``"abcegj"``, the letters in alphabetical order
+  (:data:`SORT_MIN_LEN`..:data:`SORT_MAX_LEN` letters drawn from :data:`SORT_ALPHABET`).
+- ``reversal``: ``"kqztbw>"`` -> ``"wbtzqk"`` (lowercase strings of
   :data:`REV_MIN_LEN`..:data:`REV_MAX_LEN` letters).
+
+Both map a string of letters to a permutation of it, so a tiny model that learns one
+pulls the other's circuit its own way: training on one task costs the other, which
+gives the pool real trade-offs. Both are long enough that exact match stays well below
+1.0 for every checkpoint of the pool.
 
 The evaluation examples (``recipes/data/<task>.jsonl``: the search split first, then the
 held-out test split) are generated from a fixed seed, and the training sampler never
@@ -15,24 +20,25 @@ from __future__ import annotations
 import json
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ADD_A_MAX = 1000
-ADD_B_MAX = 10
-REV_MIN_LEN = 3
-REV_MAX_LEN = 7
+SORT_ALPHABET = string.ascii_lowercase[:10]
+SORT_MIN_LEN = 5
+SORT_MAX_LEN = 10
+REV_MIN_LEN = 6
+REV_MAX_LEN = 12
 EVAL_SEED = 1234
-SEARCH_SIZE = 128  # rows [0, SEARCH_SIZE) of each data file: the search split
-TEST_SIZE = 384  # the rows after them: the held-out test split
-TASK_NAMES = ("addition", "reversal")
+SEARCH_SIZE = 256  # rows [0, SEARCH_SIZE) of each data file: the search split
+TEST_SIZE = 512  # the rows after them: the held-out test split
+TASK_NAMES = ("sorting", "reversal")
 
 
-def addition_example(rng: random.Random) -> tuple[str, str]:
-    """One ``(question, answer)`` of the addition task."""
-    a, b = rng.randrange(ADD_A_MAX), rng.randrange(ADD_B_MAX)
-    return f"{a}+{b}", str(a + b)
+def sorting_example(rng: random.Random) -> tuple[str, str]:
+    """One ``(question, answer)`` of the sorting task."""
+    word = "".join(rng.choice(SORT_ALPHABET) for _ in range(rng.randint(SORT_MIN_LEN, SORT_MAX_LEN)))
+    return word, "".join(sorted(word))
 
 
 def reversal_example(rng: random.Random) -> tuple[str, str]:
@@ -59,9 +65,7 @@ class SyntheticTask:
 
 
 TASKS: dict[str, SyntheticTask] = {
-    "addition": SyntheticTask(
-        "addition", addition_example, "{question}=", len(str(ADD_A_MAX + ADD_B_MAX - 2))
-    ),
+    "sorting": SyntheticTask("sorting", sorting_example, "{question}:", SORT_MAX_LEN),
     "reversal": SyntheticTask("reversal", reversal_example, "{question}>", REV_MAX_LEN),
 }
 
@@ -92,6 +96,13 @@ def write_task_data(folder: str | Path, tasks: Sequence[str] = TASK_NAMES) -> li
     return paths
 
 
+def mixture_of(sorting: float) -> dict[str, float]:
+    """A data mixture of the two tasks: ``sorting`` is the share of sorting examples."""
+    if not 0.0 <= sorting <= 1.0:
+        raise ValueError(f"the sorting share must be in [0, 1], got {sorting}")
+    return {"sorting": sorting, "reversal": 1.0 - sorting}
+
+
 class TrainingStream:
     """Training examples of a task mixture, never one of the evaluation questions.
 
@@ -103,9 +114,12 @@ class TrainingStream:
         self._rng = random.Random(seed)
         self._held_out = {task: {q for q, _ in eval_examples(task)} for task in TASK_NAMES}
 
-    def sample(self, addition_share: float) -> tuple[str, str]:
-        """One ``(prompt, answer)``: an addition example with probability ``addition_share``."""
-        task = TASKS["addition" if self._rng.random() < addition_share else "reversal"]
+    def sample(self, shares: Mapping[str, float]) -> tuple[str, str]:
+        """One ``(prompt, answer)`` of a task drawn with probability proportional to its share."""
+        names = [name for name, share in shares.items() if share > 0]
+        if not names:
+            raise ValueError(f"a mixture needs a task with a positive share, got {dict(shares)}")
+        task = TASKS[self._rng.choices(names, weights=[shares[n] for n in names])[0]]
         while True:
             question, answer = task.make(self._rng)
             if question not in self._held_out[task.name]:
