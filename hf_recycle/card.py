@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_recycle.search.report import format_comparison, format_score, versus_baselines
+
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import ModelCard
 
@@ -148,14 +150,6 @@ def card_metadata(
     )
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _pin_label(pin: Mapping[str, Any]) -> str:
     if pin.get("repo_id") is None:
         return str(pin.get("path") or pin.get("spec"))
@@ -177,41 +171,27 @@ def _source_row(pin: Mapping[str, Any], weight: float | None) -> dict[str, Any]:
 
 
 def _comparison_text(results: Mapping[str, Any], entry: Mapping[str, Any], member: int | None) -> str | None:
-    every = results.get("comparisons") if member is None else entry.get("comparisons")
-    if every:  # one paired bootstrap per baseline, when results.json carries them
-        lines = [
-            _one_comparison({**comp, "baseline": name}, member, chosen=False)
-            for name, comp in every.items()
-            if "difference" in comp
-        ]
-        return "\n\n".join(lines) or None
-    comp = results.get("comparison")
-    if not comp:
-        return None
-    if member is not None:
-        own = entry.get("comparison")
-        comp = {**own, "baseline": comp["baseline"]} if own else None
-    if not comp or "difference" not in comp:
-        return None
-    return _one_comparison(comp, member, chosen=True)
-
-
-def _one_comparison(comp: Mapping[str, Any], member: int | None, *, chosen: bool) -> str:
-    baseline = _BASELINE_LABELS.get(comp["baseline"], comp["baseline"])
+    """One paragraph per baseline compared on the test split (every one when results.json has
+    ``comparisons``), the baseline with the best search score marked."""
+    compared = versus_baselines(results, None if member is None else entry)
     who = "This model" if member is None else f"Pareto member #{member}"
-    why = " (the baseline with the best search score)" if chosen else ""
-    return (
-        f"{who} − {baseline}{why} on the held-out test split, as the "
-        f"task-weighted macro-average of per-example scores: **{comp['difference']:+.4g}**, "
-        f"{int(round(comp['confidence'] * 100))}% paired bootstrap confidence interval "
-        f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({comp['n_boot']} resamples"
-        + (
-            f"; share of resamples where it is not better: {comp['p_not_better']:.3g}"
-            if "p_not_better" in comp
-            else ""
+    paragraphs = []
+    for name, comp, chosen in compared:
+        f = format_comparison(comp)
+        baseline = _BASELINE_LABELS.get(name, name)
+        paragraphs.append(
+            f"{who} − {baseline} on the held-out test split, as the task-weighted macro-average of "
+            f"per-example scores: **{f['difference']}**, {f['confidence']} paired bootstrap confidence "
+            f"interval {f['interval']} ({f['n_boot']} resamples"
+            + (
+                f"; share of resamples where it is not better: {f['p_not_better']}"
+                if f["p_not_better"] is not None
+                else ""
+            )
+            + ")."
+            + (f" The {baseline} is the baseline with the best search score." if chosen else "")
         )
-        + ")."
-    )
+    return "\n\n".join(paragraphs) or None
 
 
 def _results_rows(results: Mapping[str, Any], entry: Mapping[str, Any], tasks: Sequence[str], split: str):
@@ -221,7 +201,11 @@ def _results_rows(results: Mapping[str, Any], entry: Mapping[str, Any], tasks: S
         if scores is None:
             return
         rows.append(
-            {"label": label, "scores": [_fmt(scores.get(t)) for t in tasks], "mean": _fmt(scores.get("mean"))}
+            {
+                "label": label,
+                "scores": [format_score(scores.get(t)) for t in tasks],
+                "mean": format_score(scores.get("mean")),
+            }
         )
 
     add(f"**this model** (trial {entry['trial']})", entry.get(split))
@@ -318,7 +302,7 @@ def build_card(
             "name": method.name,
             "pretty_name": method.pretty_name,
             "reference_url": method.reference_url,
-            "parameters": {k: _fmt(v) for k, v in parameters.items() if v is not None},
+            "parameters": {k: format_score(v) for k, v in parameters.items() if v is not None},
         },
         "search": {
             "sampler": study.get("sampler", recipe.search.sampler),

@@ -12,10 +12,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import textwrap
 
 from hf_recycle._version import __version__
+
+#: Exit status when a reader closed stdout early: 128 + SIGPIPE, as a shell reports a process
+#: that SIGPIPE ended (``yes | head`` under ``set -o pipefail``).
+EXIT_BROKEN_PIPE = 141
 
 # Subcommands in the order ``--help`` lists them.
 COMMANDS = ["resolve", "merge", "score", "search", "run", "push", "validate", "hub"]
@@ -61,12 +66,47 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
 def _format_error(exc: BaseException) -> str:
     message = str(exc).strip() or type(exc).__name__
     lines = message.splitlines()
-    first = textwrap.fill(lines[0], width=100, subsequent_indent="  ")
+    # never split a word: paths, specs and commands in a message stay whole, ready to copy
+    first = textwrap.fill(
+        lines[0], width=100, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
     return "\n".join([f"error: {first}", *lines[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hf-recycle`` console script; returns the exit status."""
+    """Entry point of the ``hf-recycle`` console script; returns the exit status.
+
+    A reader that closes stdout early (``hf-recycle push --dry-run | head``) ends the command
+    quietly with status 141, as a process killed by SIGPIPE: no traceback, no error message.
+    """
+    try:
+        try:
+            status = _main(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at devnull so that the interpreter's final flush does not fail again.
+
+    This is what the Python documentation recommends for SIGPIPE (see the ``signal`` module's
+    notes on ``BrokenPipeError``).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture)
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     from hf_recycle.errors import HfRecycleError
 
     parser = build_parser()

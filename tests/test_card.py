@@ -233,3 +233,84 @@ def test_one_interval_per_baseline_when_results_carry_them():
     assert "This model − uniform soup on the held-out" in text and "[+0.15, +0.35]" in text
     assert "best single checkpoint on the held-out" in text and "greedy soup on the held-out" in text
     assert text.count("90% paired bootstrap") == 3
+
+
+COMPARISONS = {  # baseline -> (difference, ci_low, ci_high, p_not_better), as results.json holds them
+    "uniform": (0.09, 0.05, 0.13, 0.0),
+    "best_single": (0.06, 0.02, 0.1, 0.001),
+    "greedy_soup": (-0.04, -0.07, 0.01, 0.93),
+}
+SHOWN = {  # the same numbers as the card must print them
+    "uniform": ("uniform soup", "**+0.09**", "[+0.05, +0.13]", "0"),
+    "best_single": ("best single checkpoint", "**+0.06**", "[+0.02, +0.1]", "0.001"),
+    "greedy_soup": ("greedy soup", "**-0.04**", "[-0.07, +0.01]", "0.93"),
+}
+
+
+def _with_comparisons(results: dict, target: dict) -> None:
+    target["comparisons"] = {
+        name: {
+            "difference": d,
+            "ci_low": lo,
+            "ci_high": hi,
+            "confidence": 0.95,
+            "n_boot": 2000,
+            "p_not_better": p,
+        }
+        for name, (d, lo, hi, p) in COMPARISONS.items()
+    }
+    target["comparison"] = {**target["comparisons"]["greedy_soup"]}
+    results["comparison"] = {"baseline": "greedy_soup", "chosen_by": "search mean", **target["comparison"]}
+
+
+def _paragraphs(text: str, who: str) -> dict[str, str]:
+    """The card's comparison paragraph of each baseline, by its label."""
+    out = {}
+    for paragraph in text.split("\n\n"):
+        if paragraph.startswith(f"{who} − ") and " on the held-out test split" in paragraph:
+            out[paragraph[len(who) + 3 : paragraph.index(" on the held-out")]] = paragraph
+    return out
+
+
+def test_card_lists_each_baseline_comparison_of_results_json(tmp_path):
+    import json
+
+    from hf_recycle.search.report import render_markdown
+
+    results = _results()
+    _with_comparisons(results, results)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    results = json.loads(path.read_text())
+    text = _card(results).text
+    paragraphs = _paragraphs(text, "This model")
+    assert sorted(paragraphs) == sorted(label for label, *_ in SHOWN.values())
+    for label, difference, interval, p in SHOWN.values():
+        paragraph = paragraphs[label]
+        assert (
+            f": {difference}, 95% paired bootstrap confidence interval {interval} (2000 resamples"
+            in paragraph
+        )
+        assert f"not better: {p})." in paragraph
+    # the baseline with the best search score (results.json's comparison) is marked, once
+    assert text.count("is the baseline with the best search score") == 1
+    assert paragraphs["greedy soup"].endswith("The greedy soup is the baseline with the best search score.")
+    # the card and results.md show the same numbers
+    md = render_markdown(results)
+    for name, (_, difference, interval, p) in SHOWN.items():
+        label = f"{name} (best on search)" if name == "greedy_soup" else name
+        assert f"| {label} | {difference.strip('*')} | 95% {interval} | {p} |" in md
+
+
+def test_pareto_member_card_lists_its_own_comparisons():
+    results = _results(pareto=True)
+    _with_comparisons(results, results["pareto"][1])
+    text = _card(results, member=1).text
+    paragraphs = _paragraphs(text, "Pareto member #1")
+    assert sorted(paragraphs) == sorted(label for label, *_ in SHOWN.values())
+    for label, difference, interval, _ in SHOWN.values():
+        assert f"{difference}, 95% paired bootstrap confidence interval {interval}" in paragraphs[label]
+    assert "This model −" not in text  # the winner's numbers are not this member's
+    # member #0 has only the comparison against the chosen baseline (older results.json)
+    text = _card(results, member=0).text
+    assert list(_paragraphs(text, "Pareto member #0")) == ["greedy soup"]

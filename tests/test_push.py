@@ -88,6 +88,65 @@ def test_push_to_new_branch(hub, folder):
     assert "model.safetensors" not in _files(hub, "me/branched", "main")
 
 
+def _heads(hub, repo):
+    return {b.name: b.target_commit for b in hub.api().list_repo_refs(repo).branches}
+
+
+def test_unchanged_files_to_a_new_branch_report_the_branch_head(hub, folder, capsys):
+    assert main(["push", "--repo", "me/same", "--from", str(folder), "--endpoint", hub.endpoint]) == 0
+    capsys.readouterr()
+    n_commits = len(hub.api().list_repo_commits("me/same"))
+    argv = ["push", "--repo", "me/same", "--from", str(folder), "--branch", "v2", "--endpoint", hub.endpoint]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    heads = _heads(hub, "me/same")
+    # the branch exists, created at main's head (which already holds the files): no new commit
+    assert heads["v2"] == heads["main"] and len(hub.api().list_repo_commits("me/same")) == n_commits
+    assert captured.out.strip() == f"{hub.endpoint}/me/same/commit/{heads['v2']}"
+    assert (
+        "made no commit" in captured.err
+        and "branch 'v2' of me/same is at commit " + heads["v2"] in captured.err
+    )
+    result = push_folder(folder, "me/same", branch="v3", endpoint=hub.endpoint)
+    assert not result.created_commit and result.branch == "v3"
+    assert result.commit_sha == _heads(hub, "me/same")["v3"]
+    assert _files(hub, "me/same", "v3") == _files(hub, "me/same", "main")
+
+
+def test_unchanged_files_on_a_branch_ahead_of_main_report_that_branch(hub, folder):
+    push_folder(folder, "me/ahead", endpoint=hub.endpoint)
+    (folder / "README.md").write_text("# merged, trial 7\n")
+    first = push_folder(folder, "me/ahead", branch="trial-7", endpoint=hub.endpoint)
+    assert first.created_commit and first.commit_sha == _heads(hub, "me/ahead")["trial-7"]
+    again = push_folder(folder, "me/ahead", branch="trial-7", endpoint=hub.endpoint)
+    heads = _heads(hub, "me/ahead")
+    assert not again.created_commit and again.commit_sha == heads["trial-7"] == first.commit_sha
+    assert again.commit_sha != heads["main"]
+    assert again.commit_url == f"{hub.endpoint}/me/ahead/commit/{first.commit_sha}"
+
+
+def test_no_commit_is_read_from_the_branch_not_from_the_client(hub, folder, monkeypatch):
+    """A client that reports main's commit for an upload that made none (as the bug report saw)
+    does not change what the push reports: the commit the branch points at."""
+    from huggingface_hub import CommitInfo, HfApi
+
+    push_folder(folder, "me/client", endpoint=hub.endpoint)
+    (folder / "README.md").write_text("# merged, trial 3\n")
+    first = push_folder(folder, "me/client", branch="trial-3", endpoint=hub.endpoint)
+    main_sha = _heads(hub, "me/client")["main"]
+    real_upload = HfApi.upload_folder
+
+    def upload_reporting_main(self, **kwargs):
+        real_upload(self, **kwargs)  # makes no commit: every file is already on the branch
+        url = f"{hub.endpoint}/me/client/commit/{main_sha}"
+        return CommitInfo(commit_url=url, commit_message="", commit_description="", oid=main_sha)
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_reporting_main)
+    again = push_folder(folder, "me/client", branch="trial-3", endpoint=hub.endpoint)
+    assert again.commit_sha == first.commit_sha == _heads(hub, "me/client")["trial-3"] != main_sha
+    assert not again.created_commit and again.commit_url.endswith(f"/commit/{first.commit_sha}")
+
+
 def test_private_repo_uses_the_token_and_never_shows_it(hub, folder, monkeypatch, capsys, caplog):
     monkeypatch.setenv("HF_TOKEN", LOCAL_TOKEN)
     with caplog.at_level(logging.DEBUG):

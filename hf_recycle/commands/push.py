@@ -15,7 +15,9 @@ examples:
 
 The repo is created when missing (--private applies then), the branch is created from
 main when missing, and the folder is uploaded in one commit (large files go through LFS);
-the commit URL is printed. Study databases (*.db) and hidden files are not uploaded.
+the commit URL is printed. When every file is already on the branch no commit is made, and
+the URL of the commit the branch points at is printed. Study databases (*.db) and hidden
+files are not uploaded.
 The token comes from HF_TOKEN or `hf auth login` and is never printed. A failed push
 leaves the folder as it was and prints the command that retries it.
 """

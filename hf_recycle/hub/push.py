@@ -34,9 +34,13 @@ class PushResult:
     Attributes:
         repo_id: The repo pushed to.
         branch: The branch the commit went to (``main`` unless told otherwise).
-        commit_url: URL of the new commit (of the pull request's commit with ``create_pr``).
-        commit_sha: Sha of the new commit.
+        commit_url: URL of the commit at the head of ``branch`` after the push: the new commit,
+            or, when no file changed, the commit that already held them (the pull request's
+            commit with ``create_pr``).
+        commit_sha: Sha of that commit.
         pr_url: URL of the pull request, with ``create_pr``.
+        created_commit: Whether the push made a commit. ``False`` when every file was already
+            on the branch (a new branch is then created at the head of ``main``, which holds them).
     """
 
     repo_id: str
@@ -44,6 +48,7 @@ class PushResult:
     commit_url: str
     commit_sha: str
     pr_url: str | None = None
+    created_commit: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,8 @@ def push_folder(
         token: Hub token; default huggingface_hub's (``HF_TOKEN``, stored login). Never printed.
 
     Returns:
-        A :class:`PushResult` with the commit URL.
+        A :class:`PushResult` with the URL of the commit at the branch's head: the new commit,
+        or, when every file was already there (no commit is made), the commit that holds them.
 
     Raises:
         HubPushError: The push failed (no token, refused token, unreachable Hub, bad repo
@@ -169,12 +175,15 @@ def push_folder(
     branch = plan.branch
     api = HfApi(endpoint=endpoint, token=token)
     step = "creating the repo"
+    head: str | None = None
     try:
         with hub_errors(repo_id, repo_id, branch, endpoint, token):
             api.create_repo(repo_id, private=private, exist_ok=True)
             if branch != "main":
                 step = f"creating the branch '{branch}'"
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
+            step = "reading the branch head"
+            before = None if create_pr else _branch_head(api, repo_id, branch)
             step = "uploading"
             logger.info(
                 "pushing %d file(s) (%.1f MB) from %s to %s@%s",
@@ -188,6 +197,16 @@ def push_folder(
                 create_pr=create_pr or None,
                 ignore_patterns=IGNORE_PATTERNS,
             )
+            created = True
+            if not create_pr:
+                # Whether a commit was made is read from the Hub's refs, not from what the client
+                # reports: when no file changed it makes no commit, and the branch (new ones are
+                # created at main's head) already holds the files at its head.
+                step = "reading the branch head"
+                head = _branch_head(api, repo_id, branch)
+                if head is None:
+                    raise HubPushError(f"branch '{branch}' of '{repo_id}' does not exist after the push")
+                created = head != before
     except (HfRecycleError, HFValidationError, OSError, ValueError) as exc:
         detail = _server_message(exc)
         raise HubPushError(
@@ -195,15 +214,34 @@ def push_folder(
             f"{exc}{detail}. The local folder is intact; retry with: "
             f"{retry_command(plan.folder, repo_id, branch, create_pr)}"
         ) from exc
+    if created:
+        result = PushResult(
+            repo_id=repo_id,
+            branch=branch,
+            commit_url=str(info.commit_url),
+            commit_sha=str(info.oid),
+            pr_url=str(info.pr_url) if info.pr_url else None,
+        )
+        logger.info("pushed %s", result.pr_url or result.commit_url)
+        return result
     result = PushResult(
         repo_id=repo_id,
         branch=branch,
-        commit_url=str(info.commit_url),
-        commit_sha=str(info.oid),
-        pr_url=str(info.pr_url) if info.pr_url else None,
+        commit_url=f"{endpoint}/{repo_id}/commit/{head}",
+        commit_sha=str(head),
+        created_commit=False,
     )
-    logger.info("pushed %s", result.pr_url or result.commit_url)
+    logger.info(
+        "no file changed: made no commit; branch '%s' of %s is at commit %s, which holds these files",
+        branch, repo_id, head,
+    )  # fmt: skip
     return result
+
+
+def _branch_head(api, repo_id: str, branch: str) -> str | None:
+    """The commit sha ``branch`` of ``repo_id`` points at, or ``None`` when there is no such branch."""
+    refs = api.list_repo_refs(repo_id)
+    return next((ref.target_commit for ref in refs.branches if ref.name == branch), None)
 
 
 def _server_message(exc: BaseException) -> str:

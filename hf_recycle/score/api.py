@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,10 @@ def resolve_model_folder(spec: str, endpoint: str | None = None, token: str | bo
     """
     folder = _local_folder(spec)
     if folder is not None:
+        from hf_recycle.hub.files import FolderContents
+
+        if FolderContents.from_names(p.name for p in folder.iterdir() if p.is_file()).kind == "lora":
+            raise _adapter_refused(spec)
         return folder
     from hf_recycle.hub.download import fetch_checkpoints
 
@@ -70,11 +75,17 @@ def resolve_model_folder(spec: str, endpoint: str | None = None, token: str | bo
         )
     pin, folder = fetched[0]
     if pin.kind == "lora":
-        raise CheckpointFormatError(
-            f"'{spec}' is a LoRA adapter: score takes full weights; merge it into its base first "
-            "(hf-recycle merge BASE --base BASE ... or peft's merge_and_unload())"
-        )
+        raise _adapter_refused(spec)
     return Path(folder)
+
+
+def _adapter_refused(spec: str) -> CheckpointFormatError:
+    """The error for a model spec that names a LoRA adapter (local or on the Hub)."""
+    return CheckpointFormatError(
+        f"'{spec}' is a LoRA adapter: score takes full weights; merge it into its base first, with "
+        f"hf-recycle merge {shlex.quote(spec)} --base BASE --output DIR (or peft's merge_and_unload()), "
+        "then score DIR"
+    )
 
 
 def load_tokenizer(folder: str | Path) -> Any:

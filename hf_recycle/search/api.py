@@ -3,9 +3,9 @@
 :func:`search` resolves the recipe's checkpoints, keeps them resident, runs (or
 resumes) an Optuna study whose trials write candidate merges into one live model
 and score them on the tasks' search splits, then scores the winner and the baselines
-on the test splits and writes ``results.json``, ``results.md`` and plots into the
-output folder. :func:`create_study` makes the study in a shared storage before
-several workers start.
+on the test splits and writes ``results.json``, ``results.md``, plots and
+``checkpoints.lock.json`` into the output folder. :func:`create_study` makes the study
+in a shared storage before several workers start.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class SearchSetup:
         recipe: The recipe.
         base_dir: Folder that relative task paths resolve against.
         pins: The pinned checkpoints, in order.
+        base_pin: The pinned base, when the merge uses one (task-vector methods, LoRA inputs).
         inputs: The opened checkpoint (and base) sources.
         space: The search space.
         config: The study configuration (stored in the study and checked on resume).
@@ -59,6 +60,7 @@ class SearchSetup:
     recipe: Any
     base_dir: Path
     pins: list[Any]
+    base_pin: Any
     inputs: Any
     space: SearchSpace
     config: StudyConfig
@@ -143,10 +145,18 @@ def prepare(
             f"a merge search needs at least 2 checkpoints, the recipe's specs give {len(fetched)}: add checkpoints"
         )
     pins = [pin for pin, _ in fetched]
-    base_path = None
     method = get_method(recipe.merge.method)
-    if recipe.base is not None and method.needs_base:
-        base_path = str(fetch_checkpoints([recipe.base], endpoint=recipe.endpoint)[0][1])
+    # The base as the final merge (hf_recycle.pipeline) uses it: task-vector methods mix it in,
+    # and LoRA adapters are read over it (whatever the method).
+    base_pin, base_path = None, None
+    if recipe.base is not None and (method.needs_base or any(pin.kind == "lora" for pin in pins)):
+        fetched_base = fetch_checkpoints([recipe.base], endpoint=recipe.endpoint)
+        if len(fetched_base) != 1:
+            raise SearchError(
+                f"base '{recipe.base}' expands to {len(fetched_base)} checkpoints: the base must be one "
+                "checkpoint; name a single revision or subfolder in the recipe's base:"
+            )
+        base_pin, base_path = fetched_base[0][0], str(fetched_base[0][1])
     inputs = open_inputs([str(path) for _, path in fetched], base_path)
     try:
         inputs.checkpoints, _ = align_tied_heads(inputs.checkpoints)
@@ -194,6 +204,7 @@ def prepare(
         recipe=recipe,
         base_dir=base_dir,
         pins=pins,
+        base_pin=base_pin,
         inputs=inputs,
         space=space,
         config=config,
@@ -266,7 +277,8 @@ def search(
         n_boot: Resamples of the paired bootstrap.
 
     Returns:
-        The content written to ``results.json``.
+        The content written to ``results.json`` (``checkpoints.lock.json`` with the pins is
+        written next to it).
     """
     import optuna
 
@@ -285,6 +297,9 @@ def search(
     try:
         from hf_recycle.search.resident import ResidentModel
 
+        if scorers is None:  # tasks first: bad data or a missing tokenizer fail before the model loads
+            scorers, test_scorers = _build_scorers(recipe, setup)
+
         _, group_of = group_tensors(list(_all_keys(setup.inputs.checkpoints)), spec.layers_per_group)
         resident = ResidentModel(
             setup.inputs.checkpoints,
@@ -297,8 +312,6 @@ def search(
             device=device or recipe.merge.device,
             group_of=group_of,
         )
-        if scorers is None:
-            scorers, test_scorers = _build_scorers(recipe, setup)
         storage_obj = open_storage(setup.storage_url, heartbeat_interval)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         created = create_or_load_study(storage_obj, setup.study_name, setup.config)
@@ -322,9 +335,12 @@ def search(
             setup.space, resident, scorers, spec.objective, spec.pruning_fraction if spec.pruning else None
         )
         _run_with_progress(study_obj, setup, objective, progress)
+        from hf_recycle.hub.lock import write_lock
         from hf_recycle.search.results import build_results
 
-        return build_results(study_obj, setup, resident, scorers, test_scorers, n_boot=n_boot)
+        results = build_results(study_obj, setup, resident, scorers, test_scorers, n_boot=n_boot)
+        write_lock(setup.pins, setup.output_dir, base=setup.base_pin)
+        return results
     finally:
         setup.close()
 
@@ -334,11 +350,35 @@ def _all_keys(sources: Sequence[Any]) -> list[str]:
 
 
 def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[list[Any], list[Any] | None]:
-    from transformers import AutoTokenizer
-
+    from hf_recycle.errors import CheckpointFormatError
+    from hf_recycle.hub.files import TOKENIZER_FILES
+    from hf_recycle.merge.lora import LoraSource
+    from hf_recycle.score.api import load_tokenizer
     from hf_recycle.score.scorer import build_scorers
 
-    tokenizer = AutoTokenizer.from_pretrained(str(setup.inputs.checkpoints[0].path))
+    # The tokenizer the merged model gets (hf_recycle.merge.engine copies it from the base when
+    # the merge uses one, else from the first checkpoint); an adapter folder usually has none,
+    # so then the one of the base it is read over.
+    first = setup.inputs.checkpoints[0]
+    candidates = [Path(setup.inputs.base.path)] if setup.inputs.base is not None else []
+    candidates.append(Path(first.path))
+    if isinstance(first, LoraSource):
+        candidates.append(Path(first.base.path))
+    candidates = list(dict.fromkeys(candidates))
+    folder = next((c for c in candidates if any((c / n).is_file() for n in TOKENIZER_FILES)), None)
+    todo = "save the tokenizer with the base or the first checkpoint, or add 'base: <spec>' to the recipe"
+    if folder is None:
+        raise SearchError(
+            "no tokenizer to score candidates with: "
+            + ", ".join(f"'{c}'" for c in candidates)
+            + f" (the base the merge uses, then the first checkpoint and its base) hold no tokenizer files; {todo}"
+        )
+    try:
+        tokenizer = load_tokenizer(folder)
+    except CheckpointFormatError as exc:
+        raise SearchError(
+            f"the tokenizer of '{folder}' does not load ({exc.__cause__ or exc}); {todo}"
+        ) from exc
     search_scorers = build_scorers(recipe.tasks, tokenizer, "search", setup.base_dir)
     missing = [t.name for t in recipe.tasks if t.test_split is None]
     if missing:

@@ -117,18 +117,55 @@ def write_results(folder: str | Path, results: dict[str, Any]) -> tuple[Path, Pa
     return path_json, path_md
 
 
-def versus_baselines(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+def versus_baselines(
+    results: Mapping[str, Any], entry: Mapping[str, Any] | None = None
+) -> list[tuple[str, dict[str, Any], bool]]:
     """``(baseline, comparison, chosen)`` for every baseline compared on the test split.
 
+    Args:
+        results: The content of ``results.json``.
+        entry: A Pareto member (an item of ``results["pareto"]``) to give the comparisons of,
+            instead of the winner's.
+
     ``chosen`` marks the baseline of highest search mean (``results["comparison"]``). Results
-    written before per-baseline comparisons existed give that one alone.
+    written before per-baseline comparisons existed give that one alone; without test splits
+    the list is empty.
     """
     chosen = (results.get("comparison") or {}).get("baseline")
-    every = results.get("comparisons")
+    source = results if entry is None else entry
+    every = source.get("comparisons")
     if not every:
-        comp = results.get("comparison")
-        return [(chosen, dict(comp), True)] if comp and "difference" in comp else []
-    return [(name, dict(comp), name == chosen) for name, comp in every.items()]
+        comp = source.get("comparison")
+        return [(chosen, dict(comp), True)] if chosen and comp and "difference" in comp else []
+    return [
+        (name, dict(comp), name == chosen) for name, comp in every.items() if comp and "difference" in comp
+    ]
+
+
+def format_score(value: Any) -> str:
+    """A score or parameter as reports show it: 4 significant digits for floats, ``–`` for none."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_comparison(comp: Mapping[str, Any]) -> dict[str, str | None]:
+    """The parts of one paired-bootstrap comparison as reports show them.
+
+    Returns:
+        ``difference`` (signed, ``+0.04``), ``interval`` (``[+0.01, +0.07]``), ``confidence``
+        (``95%``), ``n_boot`` and ``p_not_better`` (``None`` when the comparison has none).
+    """
+    p = comp.get("p_not_better")
+    return {
+        "difference": f"{comp['difference']:+.4g}",
+        "interval": f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}]",
+        "confidence": f"{int(round(comp['confidence'] * 100))}%",
+        "n_boot": str(comp["n_boot"]),
+        "p_not_better": None if p is None else f"{p:.3g}",
+    }
 
 
 def summary_text(results: Mapping[str, Any]) -> str:
@@ -140,19 +177,12 @@ def summary_text(results: Mapping[str, Any]) -> str:
         f"{winner['search']['mean']:.4g}" + (f", test mean {test['mean']:.4g}" if test else "")
     ]
     for name, comp, chosen in versus_baselines(results):
+        f = format_comparison(comp)
         lines.append(
-            f"vs {name} on test{' (best on search)' if chosen else ''}: {comp['difference']:+.4g} "
-            f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] ({int(round(comp['confidence'] * 100))}% CI)"
+            f"vs {name} on test{' (best on search)' if chosen else ''}: {f['difference']} "
+            f"{f['interval']} ({f['confidence']} CI)"
         )
     return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -179,8 +209,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"| {label} | {split} | "
-                + " | ".join(_fmt(scores.get(t)) for t in tasks)
-                + f" | {_fmt(scores.get('mean'))} |"
+                + " | ".join(format_score(scores.get(t)) for t in tasks)
+                + f" | {format_score(scores.get('mean'))} |"
             )
     compared = versus_baselines(results)
     if compared:
@@ -193,9 +223,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         for name, comp, chosen in compared:
             label = f"{name} (best on search)" if chosen else name
+            f = format_comparison(comp)
             lines.append(
-                f"| {label} | {comp['difference']:+.4g} | {int(round(comp['confidence'] * 100))}% "
-                f"[{comp['ci_low']:+.4g}, {comp['ci_high']:+.4g}] | {comp['p_not_better']:.3g} |"
+                f"| {label} | {f['difference']} | {f['confidence']} {f['interval']} | "
+                f"{format_score(f['p_not_better'])} |"
             )
         lines += ["", f"{compared[0][1]['n_boot']} resamples."]
     lines += ["", "## Winner weights", "", "| checkpoint | weight |", "|---|---|"]

@@ -52,6 +52,16 @@ def test_cli_search_with_real_task_scorer(llama_pool, tmp_path, capsys):
     assert main(["search", str(recipe_path), "--json"]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["trials"] == 4 and set(results["baselines"]) == {"uniform", "best_single", "greedy_soup"}
+    # the pins are written next to the results, in the format merge and run write
+    from hf_recycle.hub.lock import read_lock, read_lock_base
+
+    lock = json.loads((tmp_path / "out" / "checkpoints.lock.json").read_text())
+    assert lock["format"] == 1 and lock["base"] is None
+    assert [c["path"] for c in lock["checkpoints"]] == [str(p.resolve()) for p in ckpts]
+    assert [p.to_json() for p in read_lock(tmp_path / "out")] == [
+        {k: v for k, v in c.items() if k != "spec"} for c in results["checkpoints"]
+    ]
+    assert read_lock_base(tmp_path / "out") is None
     assert "complete trials" not in capsys.readouterr().out.splitlines()[0]
     # independent check: the uniform baseline's scores equal those of the streamed uniform merge
     from transformers import AutoModelForCausalLM
