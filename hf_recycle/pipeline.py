@@ -282,7 +282,12 @@ def run(
         progress=progress,
     )
     pins = [PinnedCheckpoint.from_json(c, spec=c.get("spec")) for c in results["checkpoints"]]
-    base = the_plan.base
+    from hf_recycle.merge.methods import get_method
+
+    # The recipe's base is part of the merge (and of the lock files and card) only when the
+    # method needs one or an input is a LoRA adapter, as in the search.
+    uses_base = get_method(results["merge"]["method"]).needs_base or any(p.kind == "lora" for p in pins)
+    base = the_plan.base if uses_base else None
     write_lock(pins, out, base=base)
 
     entries: list[tuple[Path, dict[str, Any], int | None]] = []
@@ -341,16 +346,13 @@ def _finish_model_folder(
     from hf_recycle.card import build_card, write_card
     from hf_recycle.final_merge import merge_entry
     from hf_recycle.hub.lock import write_lock
-    from hf_recycle.merge.methods import get_method
 
-    method = get_method(results["merge"]["method"])
-    needs_base = method.needs_base or any(pin.kind == "lora" for pin in pins)
     merge_entry(
         entry,
         results["merge"],
         pins,
         folder,
-        base=base if needs_base else None,
+        base=base,
         dtype=recipe.merge.dtype,
         device=recipe.merge.device,
         max_shard_size=recipe.output.max_shard_size,

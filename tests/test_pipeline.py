@@ -150,11 +150,13 @@ def test_run_push_and_verify_against_the_pinned_checkpoints(hub, tmp_path, capsy
     assert f"hf-recycle run {recipe} --endpoint {server.endpoint} --push" in card.text
     assert "name: recycled" in card.text
 
-    # the lock file: every pin with its revision name and commit, and the base
+    # the lock file: every pin with its revision name and commit
     lock = json.loads(open(f"{pushed_dir}/checkpoints.lock.json").read())
     assert [(p["revision"], p["commit"]) for p in lock["checkpoints"]] == [(s, shas[s]) for s in STEPS]
-    assert lock["base"]["commit"] == shas["base"]
-    assert json.loads((out_dir / "checkpoints.lock.json").read_text())["checkpoints"] == lock["checkpoints"]
+    # a linear merge of full checkpoints does not use the recipe's base: no base pin, and the
+    # run's lock agrees with the one its search wrote
+    assert lock["base"] is None
+    assert json.loads((out_dir / "checkpoints.lock.json").read_text()) == lock
     files = set(server.api().list_repo_files("demo/recycled"))
     assert {"recipe.yaml", "results.json", "results.md", "plots/history.png", "merge_config.json"} <= files
     assert "study.db" not in files
