@@ -35,3 +35,19 @@ def test_units_parse_size():
     assert parse_size(123) == 123
     with pytest.raises(MergeConfigError, match="max_shard_size"):
         parse_size("lots")
+
+
+def test_cli_logging_follows_the_current_stderr(monkeypatch):
+    """In-process runs: the log handler writes to sys.stderr as it is at emit time, not to a
+    stream captured earlier and closed since."""
+    import io
+    import logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    cli._configure_logging(debug=False, quiet=False)
+    logging.getLogger("hf_recycle.test").info("one")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("hf_recycle.test").info("two")
+    assert second.getvalue() == "two\n"
