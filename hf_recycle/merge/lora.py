@@ -11,7 +11,10 @@ transposed for ``fan_in_fan_out`` layers (GPT-2 ``Conv1D``, stored as (in, out))
 embeddings (``lora_embedding_A`` is (r, num_embeddings), ``lora_embedding_B`` is
 (dim, r)). Tensors saved whole in the adapter (``modules_to_save``, trained biases with
 ``bias: all``) replace the base tensor. ΔW is computed per tensor, for the rows asked,
-when the engine reads it; the whole model is never materialised.
+when the engine reads it; the whole model is never materialised. Linear merges do not
+read base + ΔW per adapter at all: they ask for the factors
+(:meth:`LoraSource.low_rank_form`), read the shared base once and add every adapter's
+delta with one matrix product.
 
 Only safetensors and json are needed here: peft is not imported.
 """
@@ -22,6 +25,7 @@ import json
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,7 @@ from hf_recycle.errors import (
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
-from hf_recycle.merge.sources import TensorSource
+from hf_recycle.merge.sources import LowRankForm, TensorSource
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +309,9 @@ class SharedBase(TensorSource):
     """A base checkpoint shared by several adapters, remembering the last tensor read.
 
     The engine reads tensor ``k`` from every input before moving to the next, so the
-    adapters over one base read each base tensor (or block of rows) from disk once.
+    adapters over one base read each base tensor (or block of rows) from disk once. The
+    memory is per thread: engine workers merging different blocks do not evict each
+    other's.
 
     Args:
         inner: The base checkpoint.
@@ -316,7 +322,7 @@ class SharedBase(TensorSource):
         self.name = inner.name
         self.path = inner.path
         self.config = inner.config
-        self._last: tuple[tuple[str, Any, str], torch.Tensor] | None = None
+        self._local = threading.local()
 
     def keys(self) -> list[str]:
         return self.inner.keys()
@@ -327,16 +333,23 @@ class SharedBase(TensorSource):
     def dtype(self, key: str) -> torch.dtype:
         return self.inner.dtype(key)
 
+    def output_dtype(self, key: str) -> torch.dtype:
+        return self.inner.output_dtype(key)
+
     def read(self, key: str, rows: slice | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
         tag = (key, None if rows is None else (rows.start, rows.stop, rows.step), str(torch.device(device)))
-        if self._last is not None and self._last[0] == tag:
-            return self._last[1]
+        last = getattr(self._local, "last", None)
+        if last is not None and last[0] == tag:
+            return last[1]
         tensor = self.inner.read(key, rows, device)
-        self._last = (tag, tensor)
+        self._local.last = (tag, tensor)
         return tensor
 
+    def read_into(self, key: str, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        return self.inner.read_into(key, out, rows)
+
     def close(self) -> None:
-        self._last = None
+        self._local = threading.local()
         self.inner.close()
 
 
@@ -379,7 +392,7 @@ class LoraSource(TensorSource):
         self.replaced_modules: dict[str, str] = {}  # base tensor -> adapter module path
         self._bias_deltas: dict[str, LoraModule] = {}  # base bias tensor -> module with lora_B.bias
         self._parse()
-        self._cache: tuple[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._local = threading.local()  # per thread: the factors of the last tensor read
         logger.debug(
             "adapter '%s': %d LoRA modules, %d replaced tensors over base '%s'",
             self.name,
@@ -552,13 +565,27 @@ class LoraSource(TensorSource):
         """
         mod = self.modules[key]
         tag = (key, str(torch.device(device)))
-        if self._cache is not None and self._cache[0] == tag:
-            return self._cache[1]
+        cached = getattr(self._local, "factors", None)
+        if cached is not None and cached[0] == tag:
+            return cached[1]
         a = self._tensors.get(mod.a_key).to(device=device, dtype=torch.float32)
         b = self._tensors.get(mod.b_key).to(device=device, dtype=torch.float32)
         u, v = (a.T * mod.scaling, b.T) if mod.transposed else (b * mod.scaling, a)
-        self._cache = (tag, (u, v))
+        self._local.factors = (tag, (u, v))
         return u, v
+
+    def low_rank_form(self, key: str, device: str | torch.device = "cpu") -> LowRankForm | None:
+        """Base + s·B@A as a :class:`LowRankForm` over :attr:`base` (``u``/``v`` as :meth:`factors`).
+
+        Tensors the adapter leaves alone are the base's (no factors). Tensors it replaces or
+        whose bias it changes have no low-rank form (``None``): read them with :meth:`read`.
+        """
+        if not self.changes(key):
+            return LowRankForm(self.base)
+        if key not in self.modules or key in self.replaced:
+            return None
+        u, v = self.factors(key, device)
+        return LowRankForm(self.base, u, v)
 
     def delta(
         self, key: str, rows: slice | None = None, device: str | torch.device = "cpu"
@@ -600,6 +627,6 @@ class LoraSource(TensorSource):
         return value
 
     def close(self) -> None:
-        self._cache = None
+        self._local = threading.local()
         self._tensors.close()
         self.base.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -192,6 +192,9 @@ class MergeMethod(ABC):
         needs_base: Whether a base checkpoint is required (task-vector methods).
         default_normalize: ``normalize`` when the user does not say.
         uses_density: Whether ``density`` means something for this method.
+        weighted_sum: Whether :meth:`combine` is Σ wᵢxᵢ (divided by Σ wᵢ when normalize), so
+            that inputs holding the same tensor may be passed once with the sum of their
+            weights, and low-rank deltas added afterwards.
     """
 
     name: ClassVar[str]
@@ -200,6 +203,7 @@ class MergeMethod(ABC):
     needs_base: ClassVar[bool] = True
     default_normalize: ClassVar[bool] = False
     uses_density: ClassVar[bool] = False
+    weighted_sum: ClassVar[bool] = False
 
     def needs_stats(self, params: MethodParams) -> bool:
         """Whether :meth:`tensor_stats` must run over whole tensors before row blocks are combined."""
@@ -265,6 +269,7 @@ class Linear(MergeMethod):
     reference_url = "https://arxiv.org/abs/2203.05482"
     needs_base = False
     default_normalize = True
+    weighted_sum = True
 
     def combine(
         self,
@@ -281,11 +286,14 @@ class Linear(MergeMethod):
         workspace=None,
     ):
         ws, out = _prepare(tensors, out, workspace)
-        out.copy_(tensors[0]).mul_(float(weights[0]))
+        out.copy_(tensors[0])
+        if float(weights[0]) != 1.0:  # x·1 and x/1 are exact: skip those passes
+            out.mul_(float(weights[0]))
         for tensor, weight in zip(tensors[1:], weights[1:], strict=True):
             out.add_(tensor, alpha=float(weight))  # promotes to float32 inside the kernel
-        if params.normalize:
-            out.div_(float(sum(weights)))
+        total = float(sum(weights))
+        if params.normalize and total != 1.0:
+            out.div_(total)
         return out
 
 
@@ -463,6 +471,47 @@ def check_weights(weights: Sequence[float], count: int, method: MergeMethod, nor
             "change the weights or pass --no-normalize"
         )
     return weights
+
+
+@dataclass(frozen=True)
+class GroupWeights:
+    """Weights that depend on the tensor: one row of weights (one per checkpoint) per group of tensors.
+
+    A ``granularity: layers:N`` search finds one row per group (embeddings, each block of
+    N layers, head); pass this as ``weights`` to :func:`hf_recycle.merge.engine.merge`.
+
+    Attributes:
+        rows: Group name -> its weights, one per checkpoint, in model order.
+        group_of: Tensor name -> group name, or a function that builds that mapping from
+            the model's tensor names (called once, when the merge knows them).
+    """
+
+    rows: Mapping[str, Sequence[float]]
+    group_of: Mapping[str, str] | Callable[[Sequence[str]], Mapping[str, str]]
+
+    def assign(self, names: Sequence[str]) -> dict[str, str]:
+        """Each tensor's group, for the model's tensor names.
+
+        Raises:
+            MergeConfigError: A tensor has no group, or a group has no row of weights.
+        """
+        group_of = dict(self.group_of(names) if callable(self.group_of) else self.group_of)
+        missing = [n for n in names if n not in group_of]
+        if missing:
+            shown = ", ".join(f"'{n}'" for n in missing[:5]) + (
+                f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            )
+            raise MergeConfigError(f"tensor(s) {shown} belong to no weight group: give every tensor a group")
+        unknown = sorted({g for g in group_of.values() if g not in self.rows})
+        if unknown:
+            raise MergeConfigError(
+                f"weight group(s) {unknown} have no row of weights (groups with weights: {list(self.rows)})"
+            )
+        return {n: group_of[n] for n in names}
+
+    def to_json(self) -> dict[str, list[float]]:
+        """``{group: weights}`` for ``merge_config.json``."""
+        return {g: [float(w) for w in row] for g, row in self.rows.items()}
 
 
 def resolve_params(

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import struct
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,18 +48,42 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 SAFETENSORS_DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
+@dataclass(frozen=True)
+class LowRankForm:
+    """A tensor that is another source's tensor plus a low-rank delta: ``base[key] + u @ v``.
+
+    Attributes:
+        base: The source whose tensor of the same name is the starting point.
+        u: Float32 ``(rows, r)`` factor (scaling folded in), or ``None`` when the tensor is
+            the base's unchanged.
+        v: Float32 ``(r, cols)`` factor, or ``None`` with ``u``.
+    """
+
+    base: TensorSource
+    u: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+
 class TensorSource(ABC):
     """A checkpoint as named tensors, read lazily.
+
+    Sources may be read from several threads at once (the streaming engine merges
+    blocks of rows in parallel): :meth:`read` and :meth:`read_into` must be safe to call
+    concurrently for different keys or rows.
 
     Attributes:
         name: How the user named this checkpoint (spec or path); used in messages.
         path: The local folder the tensors are read from.
         config: The parsed ``config.json`` of the model this source yields.
+        computes_on_device: Whether :meth:`read` computes tensors (LoRA: base + ΔW) and
+            should be asked for them on the merge device with ``read(..., device=...)``
+            instead of being read into a reused CPU buffer with :meth:`read_into`.
     """
 
     name: str
     path: Path
     config: dict[str, Any]
+    computes_on_device: bool = False
 
     @abstractmethod
     def keys(self) -> list[str]:
@@ -93,6 +118,23 @@ class TensorSource(ABC):
         """
         out.copy_(self.read(key, rows))
         return out
+
+    def output_dtype(self, key: str) -> torch.dtype:
+        """The dtype a merge writes tensor ``key`` in when the output dtype is ``auto``.
+
+        That is :meth:`dtype`, except for computed sources whose :meth:`dtype` is that of
+        the computation (LoRA: float32) rather than that of the stored tensor.
+        """
+        return self.dtype(key)
+
+    def low_rank_form(self, key: str, device: str | torch.device = "cpu") -> LowRankForm | None:
+        """Tensor ``key`` as another source's tensor plus a low-rank delta, when it is one.
+
+        Linear merges use it to read a base shared by several inputs once and add all
+        their deltas with one matrix product. ``None`` (the default): read it with
+        :meth:`read`.
+        """
+        return None
 
     def nbytes(self, key: str) -> int:
         """Bytes tensor ``key`` takes in its stored dtype."""
@@ -222,6 +264,7 @@ class SafetensorsSource(TensorSource):
                     index, data_start + info["data_offsets"][0], tuple(info["shape"]), dtype
                 )
         self._fds: list[int | None] = [None] * len(files)
+        self._fd_lock = threading.Lock()
 
     def keys(self) -> list[str]:
         return list(self._locations)
@@ -241,7 +284,10 @@ class SafetensorsSource(TensorSource):
     def _fd(self, index: int) -> int:
         fd = self._fds[index]
         if fd is None:
-            fd = self._fds[index] = os.open(self.files[index], os.O_RDONLY)
+            with self._fd_lock:  # two threads may ask for the same file first
+                fd = self._fds[index]
+                if fd is None:
+                    fd = self._fds[index] = os.open(self.files[index], os.O_RDONLY)
         return fd
 
     def _row_span(self, loc: _TensorLocation, rows: slice | None) -> tuple[tuple[int, ...], int]:
@@ -402,6 +448,7 @@ class TiedHeadSource(TensorSource):
         self.name = inner.name
         self.path = inner.path
         self.config = {**inner.config, "tie_word_embeddings": False}
+        self.computes_on_device = inner.computes_on_device
 
     def _resolve(self, key: str) -> str:
         return self.embed_key if key == self.head_key else key
@@ -415,6 +462,9 @@ class TiedHeadSource(TensorSource):
 
     def dtype(self, key: str) -> torch.dtype:
         return self.inner.dtype(self._resolve(key))
+
+    def output_dtype(self, key: str) -> torch.dtype:
+        return self.inner.output_dtype(self._resolve(key))
 
     def read(self, key: str, rows: slice | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
         return self.inner.read(self._resolve(key), rows, device)

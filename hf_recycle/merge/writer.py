@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,9 @@ class ShardedSafetensorsWriter:
     """Writes planned tensors into shards of at most ``max_shard_size`` bytes.
 
     A tensor larger than the cap gets a shard of its own. Call :meth:`write` for every
-    block of every tensor (any order), then :meth:`close`, which checks that every
-    byte was written and writes the index when there is more than one shard.
+    block of every tensor (any order, from any number of threads), then :meth:`close`,
+    which checks that every byte was written and writes the index when there is more
+    than one shard.
 
     Args:
         folder: Existing folder to write into.
@@ -95,6 +97,7 @@ class ShardedSafetensorsWriter:
                 offset += entry.nbytes
         self._written: dict[str, int] = dict.fromkeys(self._where, 0)
         self.total_bytes = sum(e.nbytes for e in entries)
+        self._lock = threading.Lock()  # opening shards and counting bytes; pwrite needs none
 
     @property
     def files(self) -> list[str]:
@@ -105,6 +108,13 @@ class ShardedSafetensorsWriter:
     def _open(self, shard: _Shard) -> int:
         if shard.fd is not None:
             return shard.fd
+        with self._lock:
+            if shard.fd is None:
+                self._create(shard)
+        assert shard.fd is not None
+        return shard.fd
+
+    def _create(self, shard: _Shard) -> None:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for entry in shard.entries:
@@ -121,7 +131,6 @@ class ShardedSafetensorsWriter:
         shard.data_start = 8 + len(raw)
         os.ftruncate(fd, shard.data_start + offset)
         shard.fd = fd
-        return fd
 
     def write(self, key: str, data: torch.Tensor, row_start: int = 0) -> None:
         """Write ``data`` (the whole tensor, or rows from ``row_start`` on) of tensor ``key``."""
@@ -137,7 +146,8 @@ class ShardedSafetensorsWriter:
         if nbytes:
             data = data.detach().to("cpu").contiguous().reshape(-1)
             _pwrite_all(fd, memoryview(data.view(torch.uint8).numpy()), shard.data_start + position)
-        self._written[key] += nbytes
+        with self._lock:
+            self._written[key] += nbytes
 
     def close(self) -> list[str]:
         """Finish every shard, write the index if sharded, and return the file names."""

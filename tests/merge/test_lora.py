@@ -154,6 +154,27 @@ def test_row_blocks_match_whole_tensor(lora_env, name):
         torch.testing.assert_close(source.read_into(key, buf, slice(3, rows)), whole[3:], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["a", "b", "g"])
+def test_low_rank_form_is_the_base_plus_u_v(lora_env, name):
+    base, (source,) = _open(lora_env, [name])
+    seen = set()
+    for key in source.keys():
+        form = source.low_rank_form(key)
+        if form is None:  # saved whole (modules_to_save, bias="all"): read() it
+            assert key in source.replaced
+            continue
+        assert form.base is base
+        want = source.read(key).float()
+        if form.u is None:
+            assert not source.changes(key) and torch.equal(want, base.read(key).float())
+            seen.add("unchanged")
+        else:
+            got = base.read(key).float() + form.u @ form.v
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=key)
+            seen.add("delta")
+    assert seen == {"unchanged", "delta"}
+
+
 def test_shared_base_reads_each_tensor_once(lora_env):
     class Counting(SafetensorsSource):
         reads = 0
@@ -463,6 +484,36 @@ def test_engine_merges_adapters_with_full_checkpoints(lora_env, tmp_path, method
         torch.testing.assert_close(value, want, rtol=0, atol=1e-5, msg=key)
     record = json.loads((tmp_path / "out" / "merge_config.json").read_text())
     assert [c["kind"] for c in record["checkpoints"]] == ["LoraSource", "SafetensorsSource", "LoraSource"]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_engine_linear_adds_the_deltas_of_adapters_over_one_base_at_once(
+    lora_env, tmp_path, monkeypatch, normalize
+):
+    from hf_recycle.merge import streaming
+    from hf_recycle.merge.engine import merge
+
+    monkeypatch.setattr(streaming, "CPU_BLOCK_ELEMENTS", 100)  # factors sliced by row blocks
+    computed = []
+    real_read = LoraSource.read
+
+    def read(self, key, rows=None, device="cpu"):
+        computed.append(key)
+        return real_read(self, key, rows, device)
+
+    monkeypatch.setattr(LoraSource, "read", read)
+    names, weights = ["g", "gpt2_full", "h"], [0.5, 1.0, 0.25]
+    specs = [str(lora_env[n]) for n in names]
+    merge(specs, tmp_path / "out", weights=weights, base=str(lora_env["gpt2_base"]), normalize=normalize)
+    got = models.load_state_dict(tmp_path / "out")
+    refs = _reference_inputs(lora_env, names)
+    params = resolve_params(get_method("linear"), normalize=normalize)
+    for key, value in got.items():
+        want = get_method("linear").combine([r[key] for r in refs], weights, None, params, key)
+        torch.testing.assert_close(value, want, rtol=0, atol=1e-5, msg=key)
+    # base + ΔW is never built per adapter: only tensors saved whole (bias="all") are read()
+    g = LoraSource(lora_env["g"], SafetensorsSource(lora_env["gpt2_base"]))
+    assert computed and set(computed) <= set(g.replaced)
 
 
 def test_engine_uses_the_adapters_named_base_and_keeps_dtypes(lora_env, tmp_path):

@@ -25,8 +25,9 @@ from hf_recycle.errors import (
     PickleRefusedError,
     ShapeMismatchError,
 )
-from hf_recycle.merge import engine, methods
+from hf_recycle.merge import methods, streaming, writer
 from hf_recycle.merge.engine import merge
+from hf_recycle.merge.methods import GroupWeights
 from hf_recycle.testing import models
 
 
@@ -37,7 +38,7 @@ def _no_leftovers(parent):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Force many row blocks per tensor so the chunked path is what runs."""
-    monkeypatch.setattr(engine, "CPU_BLOCK_ELEMENTS", 100)
+    monkeypatch.setattr(streaming, "CPU_BLOCK_ELEMENTS", 100)
 
 
 def test_linear_uniform_default(llama_pool, tmp_path, small_blocks):
@@ -102,11 +103,11 @@ def test_dare_matches_reference_and_is_reproducible(llama_pool, tmp_path, name):
     )
     got = models.load_state_dict(tmp_path / "a")
     assert_state_close(got, want)
-    engine.CPU_BLOCK_ELEMENTS, saved = 64, engine.CPU_BLOCK_ELEMENTS  # other chunking, same masks
+    streaming.CPU_BLOCK_ELEMENTS, saved = 64, streaming.CPU_BLOCK_ELEMENTS  # other chunking, same masks
     try:
         merge(ckpts, tmp_path / "b", method=name, base=base, density=0.5, seed=4)
     finally:
-        engine.CPU_BLOCK_ELEMENTS = saved
+        streaming.CPU_BLOCK_ELEMENTS = saved
     again = models.load_state_dict(tmp_path / "b")
     assert all(torch.equal(got[k], again[k]) for k in got)
     merge(ckpts, tmp_path / "c", method=name, base=base, density=0.5, seed=5)
@@ -222,7 +223,7 @@ def test_existing_output_refused_then_overwritten(llama_pool, tmp_path):
 def test_failure_midway_leaves_nothing(llama_pool, tmp_path, monkeypatch):
     _, ckpts = llama_pool
     calls = {"n": 0}
-    real = engine.ShardedSafetensorsWriter.write
+    real = writer.ShardedSafetensorsWriter.write
 
     def flaky(self, *args, **kwargs):
         calls["n"] += 1
@@ -230,7 +231,7 @@ def test_failure_midway_leaves_nothing(llama_pool, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.ShardedSafetensorsWriter, "write", flaky)
+    monkeypatch.setattr(writer.ShardedSafetensorsWriter, "write", flaky)
     with pytest.raises(KeyboardInterrupt):
         merge(ckpts, tmp_path / "out", max_shard_size="30KB")
     assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path) == []
@@ -258,6 +259,116 @@ def test_nan_produced_is_an_error_and_writes_nothing(llama_pool, tmp_path):
     with pytest.raises(NonFiniteError, match="'model.layers.1.mlp.down_proj.weight'"):
         merge([ckpts[0], bad], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_overflow_when_casting_to_float16_is_an_error(llama_pool, tmp_path):
+    _, ckpts = llama_pool
+
+    def scale(state):
+        state["model.norm.weight"] = state["model.norm.weight"] * 1e6  # finite in float32, not in float16
+        return state
+
+    big = copy_checkpoint(ckpts[0], tmp_path / "big", scale)
+    with pytest.raises(NonFiniteError, match=r"'model.norm.weight'.*after casting to float16"):
+        merge([big, ckpts[1]], tmp_path / "out", dtype="float16")
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path) == []
+    merge([big, ckpts[1]], tmp_path / "out", dtype="float32")  # the same merge fits float32
+
+
+@pytest.mark.parametrize(("method", "kwargs"), [("linear", {}), ("ties", {"density": 0.4})])
+def test_any_number_of_workers_gives_the_same_bytes(
+    llama_pool_sharded, tmp_path, monkeypatch, method, kwargs
+):
+    base, ckpts = llama_pool_sharded
+    monkeypatch.setattr(streaming, "CPU_BLOCK_ELEMENTS", 64)  # many blocks per tensor, handed out in turn
+    outputs = []
+    for workers in (1, 3):
+        monkeypatch.setattr(streaming, "default_workers", lambda device, n=workers: n)
+        out = tmp_path / f"out-{workers}"
+        merge(ckpts, out, method=method, base=base, weights=[0.2, 0.5, 0.3], max_shard_size="30KB", **kwargs)
+        outputs.append({f.name: f.read_bytes() for f in out.glob("*.safetensors")})
+    assert len(outputs[0]) > 1 and outputs[0] == outputs[1]
+
+
+def test_stream_hands_every_block_to_a_sink(llama_pool, tmp_path, small_blocks):
+    from hf_recycle.merge.inputs import open_inputs
+    from hf_recycle.merge.streaming import StreamingMerger
+
+    _, ckpts = llama_pool
+    merge(ckpts, tmp_path / "out", weights=[0.5, 0.2, 0.3])
+    want = models.load_state_dict(tmp_path / "out")
+
+    class Collect:
+        def __init__(self):
+            self.parts = {}
+
+        def write(self, key, data, row_start=0):
+            self.parts.setdefault(key, []).append((row_start, data.clone()))
+
+    sink = Collect()
+    inputs = open_inputs(ckpts)
+    try:
+        linear = methods.get_method("linear")
+        merger = StreamingMerger(
+            inputs.checkpoints, None, linear, [0.5, 0.2, 0.3], methods.resolve_params(linear)
+        )
+        merger.stream(sink)
+    finally:
+        inputs.close()
+    got = {k: torch.cat([d for _, d in sorted(v, key=lambda p: p[0])]) for k, v in sink.parts.items()}
+    assert set(got) == set(want) and all(torch.equal(got[k].view_as(want[k]), want[k]) for k in want)
+    assert max(len(v) for v in sink.parts.values()) > 1  # blocks of rows
+
+
+def _by_layer(names):
+    """Groups: the embeddings, each decoder layer by parity, everything else."""
+    groups = {}
+    for name in names:
+        if "embed_tokens" in name:
+            groups[name] = "embeddings"
+        elif ".layers." in name:
+            groups[name] = "even" if int(name.split(".layers.")[1].split(".")[0]) % 2 == 0 else "odd"
+        else:
+            groups[name] = "head"
+    return groups
+
+
+def test_group_weights_merge_each_group_with_its_row(llama_pool, tmp_path, small_blocks):
+    _, ckpts = llama_pool
+    rows = {"embeddings": [1.0, 0.0, 0.0], "even": [0.2, 0.3, 0.5], "odd": [0.0, 2.0, 1.0], "head": [1, 1, 1]}
+    merge(ckpts, tmp_path / "out", weights=GroupWeights(rows, _by_layer))
+    got = models.load_state_dict(tmp_path / "out")
+    states = f32_states(ckpts)
+    groups = _by_layer(list(got))
+    assert set(groups.values()) == set(rows)
+    for key, value in got.items():
+        row = rows[groups[key]]
+        want = sum(w * s[key] for w, s in zip(row, states, strict=True)) / sum(row)
+        torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-6, msg=key)
+    parameters = json.loads((tmp_path / "out" / "merge_config.json").read_text())["parameters"]
+    assert parameters["weights"] is None and parameters["group_weights"]["odd"] == [0.0, 2.0, 1.0]
+
+
+def test_group_weights_errors(llama_pool, tmp_path):
+    base, ckpts = llama_pool
+    rows = {"embeddings": [1, 1, 1], "even": [1, 1, 1], "odd": [1, 1, 1]}  # no "head"
+    with pytest.raises(MergeConfigError, match=r"weight group\(s\) \['head'\] have no row"):
+        merge(ckpts, tmp_path / "out", weights=GroupWeights(rows, _by_layer))
+    with pytest.raises(
+        MergeConfigError, match=r"'lm_head.weight'.*\(and \d+ more\) belong to no weight group"
+    ):
+        merge(
+            ckpts, tmp_path / "out", weights=GroupWeights(rows, {"model.embed_tokens.weight": "embeddings"})
+        )
+    with pytest.raises(MergeConfigError, match="weight group .all.: got 2 weights for 3 checkpoints"):
+        merge(
+            ckpts,
+            tmp_path / "out",
+            weights=GroupWeights({"all": [1, 1]}, lambda names: dict.fromkeys(names, "all")),
+        )
+    with pytest.raises(MergeConfigError, match="not weights per group"):
+        merge(ckpts, tmp_path / "out", base=base, output_format="lora", weights=GroupWeights(rows, _by_layer))
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path) == []
 
 
 def test_missing_folder_and_folder_without_weights(llama_pool, tmp_path):
