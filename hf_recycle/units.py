@@ -12,10 +12,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
-    "": 1, "B": 1,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
 }
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -29,9 +39,7 @@ def parse_size(value: str | int, what: str = "max_shard_size") -> int:
         match = _SIZE_RE.match(str(value))
         unit = match.group(2).upper() if match else None
         if not match or unit not in _SIZE_UNITS:
-            raise MergeConfigError(
-                f"{what} '{value}' is not a size: write it like 5GB, 500MB or 2GiB"
-            )
+            raise MergeConfigError(f"{what} '{value}' is not a size: write it like 5GB, 500MB or 2GiB")
         size = int(float(match.group(1)) * _SIZE_UNITS[unit])
     if size <= 0:
         raise MergeConfigError(f"{what} must be positive, got '{value}'")
@@ -42,7 +50,13 @@ def torch_dtype(name: str) -> torch.dtype:
     """Map ``float32``/``bfloat16``/``float16`` (and ``fp32``/``bf16``/``fp16``) to a torch dtype."""
     import torch
 
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "float": "float32", "half": "float16"}
+    aliases = {
+        "fp32": "float32",
+        "bf16": "bfloat16",
+        "fp16": "float16",
+        "float": "float32",
+        "half": "float16",
+    }
     name = aliases.get(name, name)
     if name not in DTYPE_NAMES:
         raise MergeConfigError(f"dtype '{name}' is not supported: use one of {', '.join(DTYPE_NAMES)}")

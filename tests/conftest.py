@@ -59,7 +59,9 @@ def llama_pool_sharded(tmp_path_factory) -> tuple[Path, list[Path]]:
 @pytest.fixture(scope="session")
 def llama_pool_bf16(tmp_path_factory) -> tuple[Path, list[Path]]:
     """Base + 3 fine-tunes of a tiny Llama in bfloat16."""
-    return models.build_pool(tmp_path_factory.mktemp("llama-bf16"), "llama", n=3, seed=2, dtype=torch.bfloat16)
+    return models.build_pool(
+        tmp_path_factory.mktemp("llama-bf16"), "llama", n=3, seed=2, dtype=torch.bfloat16
+    )
 
 
 @pytest.fixture(scope="session")
