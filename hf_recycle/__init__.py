@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "HfRecycleError",
     "merge",
+    "GroupWeights",
     "resolve",
     "score",
     "search",
@@ -27,6 +28,7 @@ __all__ = [
 # name -> module that defines it; imported on first access.
 _LAZY = {
     "merge": "hf_recycle.merge.engine",
+    "GroupWeights": "hf_recycle.merge.methods",
     "resolve": "hf_recycle.hub.resolve",
     "score": "hf_recycle.score.api",
     "search": "hf_recycle.search.api",
@@ -37,6 +39,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from hf_recycle.merge.engine import merge
+    from hf_recycle.merge.methods import GroupWeights
 
 
 def __getattr__(name: str) -> Any:

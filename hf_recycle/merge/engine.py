@@ -31,6 +31,7 @@ from hf_recycle.errors import MergeConfigError, OutputExistsError
 from hf_recycle.hub.lock import write_lock
 from hf_recycle.merge.compat import align_tied_heads, check_compatible
 from hf_recycle.merge.inputs import CheckpointLike, MergeInputs, expand_checkpoints, open_inputs
+from hf_recycle.merge.lora import LoraSource
 from hf_recycle.merge.methods import (
     GroupWeights,
     MergeMethod,
@@ -236,7 +237,7 @@ def merge(
         )
         with staging_folder(output, overwrite) as folder:
             files = merger.run(folder, shard_cap)
-            reference = inputs.base or inputs.checkpoints[0]
+            reference = _side_file_reference(inputs)
             _write_side_files(folder, reference, merger)
             record = {
                 "hf_recycle_version": __version__,
@@ -317,13 +318,33 @@ def _describe(method: MergeMethod, params: MethodParams, weights: Sequence[float
     return ", ".join(parts)
 
 
+def _side_file_reference(inputs: MergeInputs) -> TensorSource:
+    """Where config.json, generation_config.json and tokenizer files come from.
+
+    The base, else the first checkpoint; a LoRA adapter folder has no config or tokenizer,
+    so for an adapter it is the base the adapter was opened over.
+    """
+    if inputs.base is not None:
+        return inputs.base
+    first = inputs.checkpoints[0]
+    adapter_base = first.base if isinstance(first, LoraSource) else None
+    return adapter_base if adapter_base is not None else first
+
+
 def _check_output_location(output: Path, inputs: MergeInputs) -> None:
     target = output.resolve()
-    for source in [*inputs.checkpoints, *([inputs.base] if inputs.base else [])]:
+    sources = [*inputs.checkpoints, *([inputs.base] if inputs.base else [])]
+    sources += [s.base for s in inputs.checkpoints if isinstance(s, LoraSource) and s.base is not None]
+    for source in sources:
         path = Path(source.path).resolve()
         if path == target or target in path.parents:
             raise MergeConfigError(
                 f"output folder '{output}' holds the input checkpoint '{source.name}': choose another output folder"
+            )
+        if path in target.parents:
+            raise MergeConfigError(
+                f"output folder '{output}' is inside the input checkpoint '{source.name}' ({path}): "
+                "choose an output folder outside every input"
             )
 
 

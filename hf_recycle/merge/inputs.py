@@ -41,7 +41,8 @@ class MergeInputs:
         base: The base checkpoint, when one was given.
         records: One JSON-ready record per checkpoint then base (written into merge_config.json).
         pins: The pinned checkpoint of each source, in the order of ``checkpoints``.
-        base_pin: The pin of the base, when one was given.
+        base_pin: The pin of the base: the one given, else the one base that every LoRA
+            adapter input names (recorded in lock files; ``base`` stays ``None``).
     """
 
     checkpoints: list[TensorSource]
@@ -199,8 +200,10 @@ def _open_adapters(
     allow_pickle: bool,
     endpoint: str | None,
     token: str | None,
-) -> None:
+) -> list[tuple[TensorSource, PinnedCheckpoint]]:
     """Open LoRA adapters (in place in ``opened``) as base + ΔW over the given base, else their named one.
+
+    Returns the bases the adapters named (source and pin), without the given base.
 
     Adapters over one base share one :class:`~hf_recycle.merge.lora.SharedBase`, which
     is also the merge's base, so each base tensor is read from disk once.
@@ -212,6 +215,7 @@ def _open_adapters(
     from hf_recycle.merge.lora import LoraSource, SharedBase, adapter_base_spec, base_unavailable
 
     shared: dict[str, SharedBase] = {}
+    named: dict[str, tuple[TensorSource, PinnedCheckpoint]] = {}
     if base_index is not None:
         opened[base_index] = SharedBase(opened[base_index])
     for index in adapters:
@@ -221,17 +225,19 @@ def _open_adapters(
         else:
             spec = adapter_base_spec(path, None, name)
             try:
-                (base_name, base_path, _pin), *_ = fetch_specs(
+                (base_name, base_path, base_pin), *_ = fetch_specs(
                     [spec], endpoint=endpoint, token=token, allow_pickle=allow_pickle
                 )
                 key = str(base_path.resolve())
                 if key not in shared:
                     shared[key] = SharedBase(open_source(base_name, base_path, allow_pickle=allow_pickle))
+                    named[key] = (shared[key], base_pin)
             except HfRecycleError as exc:
                 raise base_unavailable(name, spec, exc) from exc
             base_source = shared[key]
         opened[index] = LoraSource(path, base_source, name=name, allow_pickle=allow_pickle)
         records[index].update(kind="LoraSource", base=base_source.name)
+    return list(named.values())
 
 
 def open_inputs(
@@ -273,6 +279,7 @@ def open_inputs(
     opened: list[TensorSource] = []
     records: list[dict[str, object]] = []
     adapters: list[int] = []  # LoRA adapter entries, opened over their base below
+    named_bases: list[tuple[TensorSource, PinnedCheckpoint]] = []
     try:
         for item, _pin in entries:
             if isinstance(item, TensorSource):
@@ -288,7 +295,7 @@ def open_inputs(
                 {"spec": source.name, "path": str(Path(source.path).resolve()), "kind": type(source).__name__}
             )
         if adapters:
-            _open_adapters(
+            named_bases = _open_adapters(
                 opened, records, adapters, len(opened) - 1 if base is not None else None,
                 allow_pickle=allow_pickle, endpoint=endpoint, token=token,
             )  # fmt: skip
@@ -304,4 +311,19 @@ def open_inputs(
     if base is not None:
         records[-1]["role"] = "base"
         return MergeInputs(opened[:-1], opened[-1], records, pins=pins[:-1], base_pin=pins[-1])
-    return MergeInputs(opened, None, records, pins=pins)
+    implied_pin = None
+    if len(named_bases) == 1:  # every adapter names the same base: record it as the merge's base
+        source, implied_pin = named_bases[0]
+        record: dict[str, object] = {
+            "spec": source.name, "path": str(Path(source.path).resolve()), "kind": "named by the adapters",
+            "role": "base",
+        }  # fmt: skip
+        if not implied_pin.is_local:
+            record.update(
+                repo_id=implied_pin.repo_id,
+                revision=implied_pin.revision,
+                commit=implied_pin.commit,
+                subfolder=implied_pin.subfolder,
+            )
+        records.append(record)
+    return MergeInputs(opened, None, records, pins=pins, base_pin=implied_pin)

@@ -8,6 +8,7 @@ gives each adapter's full weights, and the merged adapter is loaded back with
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -536,6 +537,34 @@ def test_engine_uses_the_adapters_named_base_and_keeps_dtypes(lora_env, tmp_path
     key = "model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(got[key].float(), expected[key].bfloat16().float(), rtol=0, atol=1e-2)
     assert not torch.equal(got[key], models.load_state_dict(bf16_base)[key])
+    # an adapter folder has no config or tokenizer: they come from the base it names, and
+    # that base is recorded as the merge's base
+    out = tmp_path / "out"
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (out / name).read_bytes() == (bf16_base / name).read_bytes(), name
+    config = json.loads((out / "config.json").read_text())
+    base_config = json.loads((bf16_base / "config.json").read_text())
+    assert {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype")} == {
+        k: v for k, v in base_config.items() if k not in ("dtype", "torch_dtype")
+    }
+    record = json.loads((out / "merge_config.json").read_text())["base"]
+    assert record["role"] == "base" and record["path"] == str(bf16_base.resolve())
+    lock = json.loads((out / "checkpoints.lock.json").read_text())
+    assert lock["base"] is not None and str(bf16_base.resolve()) in json.dumps(lock["base"])
+
+
+def test_output_inside_an_input_is_refused(lora_env, tmp_path):
+    from hf_recycle.merge.engine import merge
+
+    full, base = tmp_path / "full", tmp_path / "base"
+    shutil.copytree(lora_env["llama_full"], full)
+    shutil.copytree(lora_env["llama_base"], base)
+    before = {f: sorted(p.name for p in f.iterdir()) for f in (full, base)}
+    for inside in (full / "merged", base / "sub" / "merged"):
+        with pytest.raises(MergeConfigError, match=r"is inside the input checkpoint"):
+            merge([str(full), str(lora_env["a"])], inside, base=str(base))
+        assert not inside.exists()
+    assert {f: sorted(p.name for p in f.iterdir()) for f in (full, base)} == before
 
 
 def test_engine_without_a_base_for_an_adapter(lora_env, tmp_path):
