@@ -345,7 +345,6 @@ def _finish_model_folder(
     """Merge one entry into ``folder`` and write its lock file, results, recipe and model card."""
     from hf_recycle.card import build_card, write_card
     from hf_recycle.final_merge import merge_entry
-    from hf_recycle.hub.lock import write_lock
 
     merge_entry(
         entry,
@@ -360,7 +359,8 @@ def _finish_model_folder(
         endpoint=endpoint,
         token=token,
     )
-    write_lock(pins, folder, base=base)
+    # merge_entry's merge() wrote checkpoints.lock.json for these pins, with the base it used
+    # (for adapters without a recipe base: the one they name)
     for name in ("results.json", "results.md"):
         if (out / name).is_file():
             shutil.copyfile(out / name, folder / name)
