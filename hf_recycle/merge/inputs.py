@@ -17,7 +17,7 @@ from hf_recycle.errors import CheckpointFormatError, CheckpointNotFoundError, Pi
 from hf_recycle.hub.files import FolderContents
 from hf_recycle.hub.pins import PinnedCheckpoint
 from hf_recycle.hub.spec import is_local_spec
-from hf_recycle.merge.lora import is_adapter_folder
+from hf_recycle.merge.adapter_config import is_adapter_folder
 from hf_recycle.merge.sources import (
     PickleSource,
     SafetensorsSource,
@@ -212,7 +212,8 @@ def _open_adapters(
         AdapterBaseError: An adapter has no base: none given, and none named that opens.
     """
     from hf_recycle.errors import HfRecycleError
-    from hf_recycle.merge.lora import LoraSource, SharedBase, adapter_base_spec, base_unavailable
+    from hf_recycle.merge.adapter_config import adapter_base_spec, base_unavailable
+    from hf_recycle.merge.lora import LoraSource, SharedBase
 
     shared: dict[str, SharedBase] = {}
     named: dict[str, tuple[TensorSource, PinnedCheckpoint]] = {}

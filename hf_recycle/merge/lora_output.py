@@ -33,7 +33,8 @@ from typing import Any
 import torch
 
 from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError
-from hf_recycle.merge.lora import ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX, LoraModule, LoraSource
+from hf_recycle.merge.adapter_config import ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX
+from hf_recycle.merge.lora import LoraModule, LoraSource
 from hf_recycle.merge.methods import MergeMethod, MethodParams
 from hf_recycle.merge.sources import TensorSource
 

@@ -24,7 +24,8 @@ from hf_recycle.errors import (
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
-from hf_recycle.merge.lora import LoraSource, SharedBase, adapter_base_spec, is_adapter_folder
+from hf_recycle.merge.adapter_config import adapter_base_spec, is_adapter_folder
+from hf_recycle.merge.lora import LoraSource, SharedBase
 from hf_recycle.merge.lora_output import delta_coefficients, parse_lora_rank, write_lora_merge
 from hf_recycle.merge.methods import get_method, resolve_params
 from hf_recycle.merge.sources import SafetensorsSource

@@ -98,13 +98,13 @@ def test_ties_keeps_exactly_k_with_ties_at_the_threshold():
     thr = methods.magnitude_threshold(delta.abs(), 0.5)  # k = 4: 2.0, -1.0 and the |0.5| at flat 0 and 2
     assert thr == methods.KeepThreshold(0.5, 2)
     kept = delta.clone()
-    methods._apply_threshold(kept, thr, 0)
+    methods.apply_threshold(kept, thr, 0)
     torch.testing.assert_close(kept, ref_topk(delta, 0.5))
     assert int((kept != 0).sum()) == 4
     # density so small that floor() is 0 still keeps one entry
     assert int((ref_topk(delta, 1e-6) != 0).sum()) == 1
     kept = delta.clone()
-    methods._apply_threshold(kept, methods.magnitude_threshold(delta.abs(), 1e-6), 0)
+    methods.apply_threshold(kept, methods.magnitude_threshold(delta.abs(), 1e-6), 0)
     assert kept.abs().max() == 2.0 and int((kept != 0).sum()) == 1
 
 
