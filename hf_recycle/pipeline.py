@@ -288,6 +288,8 @@ def run(
     # method needs one or an input is a LoRA adapter, as in the search.
     uses_base = get_method(results["merge"]["method"]).needs_base or any(p.kind == "lora" for p in pins)
     base = the_plan.base if uses_base else None
+    if base is None and uses_base and results.get("base"):
+        base = PinnedCheckpoint.from_json(results["base"])  # the base the LoRA inputs name
     write_lock(pins, out, base=base)
 
     entries: list[tuple[Path, dict[str, Any], int | None]] = []
@@ -359,8 +361,7 @@ def _finish_model_folder(
         endpoint=endpoint,
         token=token,
     )
-    # merge_entry's merge() wrote checkpoints.lock.json for these pins, with the base it used
-    # (for adapters without a recipe base: the one they name)
+    # merge_entry's merge() wrote checkpoints.lock.json for these pins and the base
     for name in ("results.json", "results.md"):
         if (out / name).is_file():
             shutil.copyfile(out / name, folder / name)

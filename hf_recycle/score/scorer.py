@@ -53,6 +53,10 @@ class TaskResult:
         predictions: What the model produced, per example: the cut, stripped
             continuation (``generate``), the chosen option index (``choice``) or the
             target's token count (likelihood kinds). Not part of equality.
+        raw: The model's raw output per scored sequence (generated token ids, or the
+            target's summed log-probability and token count), so that a later call can
+            score only the examples after these (``TaskScorer.score(..., resume=)``).
+            Not part of equality.
     """
 
     name: str
@@ -60,6 +64,7 @@ class TaskResult:
     per_example: tuple[float, ...]
     higher_is_better: bool
     predictions: tuple[str | int, ...] = field(default=(), compare=False, repr=False)
+    raw: tuple = field(default=(), compare=False, repr=False)
 
     @property
     def oriented_value(self) -> float:
@@ -152,8 +157,8 @@ class TaskScorer:
 
     # --- batches (weight-independent, cached) ---------------------------------------------------
 
-    def _items(self, n_items: int, context: int | None) -> tuple[list[list[int]], list[int]]:
-        """Token sequences of the first ``n_items`` items, left-truncated to ``context``, and tokens to score."""
+    def _items(self, first: int, n_items: int, context: int | None) -> tuple[list[list[int]], list[int]]:
+        """Token sequences of items ``first..n_items-1``, left-truncated to ``context``, and tokens to score."""
         truncated = 0
         sequences: list[list[int]] = []
         scored: list[int] = []
@@ -165,14 +170,14 @@ class TaskScorer:
                     f"task '{self.name}': max_new_tokens {new} leaves no room for the prompt in the model's "
                     f"context of {context} tokens: lower max_new_tokens"
                 )
-            for ids in self._prompts[:n_items]:
+            for ids in self._prompts[first:n_items]:
                 if room is not None and len(ids) > room:
                     ids = ids[-room:]
                     truncated += 1
                 sequences.append(ids)
                 scored.append(0)
         else:
-            for ctx, cont in self._pairs[:n_items]:
+            for ctx, cont in self._pairs[first:n_items]:
                 ids, n = ctx + cont, len(cont)
                 if context is not None and len(ids) > context:
                     ids, n = ids[-context:], min(n, context - 1)
@@ -186,18 +191,19 @@ class TaskScorer:
                 "and were truncated from the left",
                 self.name,
                 truncated,
-                n_items,
+                n_items - first,
                 context,
                 f" minus {self.spec.generation_length} new" if self.spec.kind == "generate" else "",
             )
         return sequences, scored
 
     def _batches(
-        self, n_items: int, device: torch.device, context: int | None
+        self, first: int, n_items: int, device: torch.device, context: int | None
     ) -> list[tuple[Batch, list[int]]]:
-        key = (n_items, str(device), context, self._token_budget)
+        """Batches of items ``first..n_items-1``; ``Batch.items`` index from ``first``."""
+        key = (first, n_items, str(device), context, self._token_budget)
         if key not in self._plans:
-            sequences, scored = self._items(n_items, context)
+            sequences, scored = self._items(first, n_items, context)
             extra = self.spec.generation_length if self.spec.kind == "generate" else 0
             lengths = [len(s) + extra for s in sequences]
             plan = []
@@ -209,7 +215,7 @@ class TaskScorer:
 
     # --- scoring --------------------------------------------------------------------------------
 
-    def score(self, model, limit: int | None = None) -> TaskResult:
+    def score(self, model, limit: int | None = None, *, resume: TaskResult | None = None) -> TaskResult:
         """Score ``model`` on the first ``limit`` examples (all when None).
 
         Args:
@@ -217,6 +223,9 @@ class TaskScorer:
                 put in eval mode for the call and given back in its previous mode.
             limit: Score only the first ``limit`` examples, in dataset order, for a cheap
                 early estimate.
+            resume: An earlier result of this scorer for the *same* model weights on fewer
+                examples (a ``limit`` call): its outputs are reused and only the examples
+                after them are run. The result is the one a fresh call would give.
 
         Returns:
             The aggregate and per-example scores.
@@ -224,25 +233,35 @@ class TaskScorer:
         if limit is not None and limit < 1:
             raise TaskError(f"task '{self.name}': limit must be >= 1, got {limit}")
         n = self.num_examples if limit is None else min(limit, self.num_examples)
+        done = 0
+        if resume is not None:
+            done = len(resume.per_example)
+            if resume.name != self.name or len(resume.raw) != self._offsets[done] or done > n:
+                raise TaskError(
+                    f"task '{self.name}': the result to resume is not an earlier, shorter result of this "
+                    "scorer: score from the start instead"
+                )
         was_training = model.training
         model.eval()
         try:
             while True:
                 try:
                     with torch.inference_mode():
-                        outputs = self._run(model, n)
+                        outputs = self._run(model, done, n)
                     break
                 except torch.cuda.OutOfMemoryError:
-                    if self.spec.batch_size != "auto" or not self._lower_budget(model, n):
+                    if self.spec.batch_size != "auto" or not self._lower_budget(model, done, n):
                         raise
         finally:
             model.train(was_training)
+        if resume is not None:
+            outputs = list(resume.raw) + outputs
         return self._aggregate(outputs, n)
 
-    def _lower_budget(self, model, n: int) -> bool:
+    def _lower_budget(self, model, done: int, n: int) -> bool:
         device = model_device(model)
         context = model_context_length(model, self._tokenizer_limit)
-        plan = self._batches(self._offsets[n], device, context)
+        plan = self._batches(self._offsets[done], self._offsets[n], device, context)
         largest = max(b.input_ids.numel() for b, _ in plan)
         if largest <= max(b.input_ids.shape[1] for b, _ in plan):
             return False  # already one sequence per batch
@@ -254,12 +273,13 @@ class TaskScorer:
         )
         return True
 
-    def _run(self, model, n: int) -> list:
+    def _run(self, model, done: int, n: int) -> list:
+        """The raw outputs of the items of examples ``done..n-1``, in item order."""
         device = model_device(model)
         context = model_context_length(model, self._tokenizer_limit)
-        n_items = self._offsets[n]
+        first, n_items = self._offsets[done], self._offsets[n]
         keep = accepts_logits_to_keep(model)
-        outputs: list = [None] * n_items
+        outputs: list = [None] * (n_items - first)
         if self.spec.kind == "generate":
             eos = eos_token_ids(model, self._tokenizer)
             stop = self.spec.stop
@@ -268,14 +288,14 @@ class TaskScorer:
             def decode(ids: list[int]) -> str:
                 return tokenizer.decode(ids, skip_special_tokens=True)
 
-            for batch, _ in self._batches(n_items, device, context):
+            for batch, _ in self._batches(first, n_items, device, context):
                 tokens = greedy_generate(
                     model, batch, self.spec.generation_length, eos, self._pad_id, stop, decode, keep
                 )
                 for item, ids in zip(batch.items, tokens, strict=True):
                     outputs[item] = ids
         else:
-            for batch, scored in self._batches(n_items, device, context):
+            for batch, scored in self._batches(first, n_items, device, context):
                 for item, logprob, count in zip(
                     batch.items, continuation_logprobs(model, batch, scored, keep), scored, strict=True
                 ):
@@ -305,7 +325,12 @@ class TaskScorer:
             predictions = [count for _, count in outputs]
             value = math.exp(-math.fsum(lp for lp, _ in outputs) / sum(predictions))
         return TaskResult(
-            self.name, float(value), tuple(per_example), self.higher_is_better, tuple(predictions)
+            self.name,
+            float(value),
+            tuple(per_example),
+            self.higher_is_better,
+            tuple(predictions),
+            tuple(outputs),
         )
 
 

@@ -158,6 +158,8 @@ def prepare(
             )
         base_pin, base_path = fetched_base[0][0], str(fetched_base[0][1])
     inputs = open_inputs([str(path) for _, path in fetched], base_path)
+    if base_pin is None:
+        base_pin = inputs.base_pin  # the one base every LoRA adapter names, when the recipe gives none
     try:
         inputs.checkpoints, _ = align_tied_heads(inputs.checkpoints)
         keys = _check_compatible(inputs.checkpoints, inputs.base)

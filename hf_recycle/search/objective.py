@@ -1,7 +1,7 @@
 """The trial objective: write a candidate into the resident model, score it, return the value(s).
 
 Scorers follow the :class:`hf_recycle.score.scorer.TaskScorer` interface: ``name``,
-``weight``, ``higher_is_better``, ``num_examples`` and ``score(model, limit=None)``
+``weight``, ``higher_is_better``, ``num_examples`` and ``score(model, limit=None, resume=None)``
 returning a result with ``value`` and ``per_example``.
 """
 
@@ -28,8 +28,9 @@ class Scorer(Protocol):
     higher_is_better: bool
     num_examples: int
 
-    def score(self, model: Any, limit: int | None = None) -> Any:
-        """Score the live model on the first ``limit`` examples (all when ``None``)."""
+    def score(self, model: Any, limit: int | None = None, *, resume: Any = None) -> Any:
+        """Score the live model on the first ``limit`` examples (all when ``None``), reusing
+        the outputs of ``resume``, an earlier shorter result for the same weights."""
 
 
 class CandidateModel(Protocol):
@@ -51,13 +52,29 @@ def macro_mean(values: dict[str, float], scorers: Sequence[Scorer]) -> float:
 
 
 def score_all(
-    candidate_model: CandidateModel, scorers: Sequence[Scorer], limit_fraction: float | None = None
+    candidate_model: CandidateModel,
+    scorers: Sequence[Scorer],
+    limit_fraction: float | None = None,
+    resume: dict | None = None,
 ) -> dict:
-    """Score the live model on every task; ``limit_fraction`` scores only that share of each split."""
+    """Score the live model on every task.
+
+    Args:
+        candidate_model: Holds the live model.
+        scorers: One per task.
+        limit_fraction: Score only this share of each split.
+        resume: Results of an earlier ``limit_fraction`` call for the same weights: only
+            the examples after those are scored.
+    """
     results = {}
     for scorer in scorers:
         limit = None if limit_fraction is None else max(1, math.ceil(limit_fraction * scorer.num_examples))
-        results[scorer.name] = scorer.score(candidate_model.model, limit=limit)
+        if resume is not None:
+            results[scorer.name] = scorer.score(
+                candidate_model.model, limit=limit, resume=resume[scorer.name]
+            )
+        else:
+            results[scorer.name] = scorer.score(candidate_model.model, limit=limit)
     return results
 
 
@@ -96,6 +113,7 @@ class TrialObjective:
         trial.set_user_attr("weights", candidate.weights.tolist())
         if candidate.density is not None:
             trial.set_user_attr("density", candidate.density)
+        partial = None
         if self.pruning_fraction is not None and self.objective == "mean":
             partial = score_all(self.candidate_model, self.scorers, self.pruning_fraction)
             value = macro_mean({n: r.value for n, r in partial.items()}, self.scorers)
@@ -103,7 +121,7 @@ class TrialObjective:
             if "baseline" not in trial.user_attrs and trial.should_prune():
                 trial.set_user_attr("partial_mean", value)
                 raise optuna.TrialPruned(f"partial score {value:.4g} is below the pruner's threshold")
-        results = score_all(self.candidate_model, self.scorers)
+        results = score_all(self.candidate_model, self.scorers, resume=partial)  # the rest of each split
         values = {n: float(r.value) for n, r in results.items()}
         mean = macro_mean(values, self.scorers)
         trial.set_user_attr("scores", values)

@@ -7,6 +7,7 @@ being the task-weighted macro-average with lower-is-better tasks negated)::
     study                        {name, storage (password redacted), sampler, objective, trials_requested}
     trials                       complete trials; trials_pruned, trials_failed: the others
     checkpoints                  the pins, in checkpoint order ({spec, repo_id, revision, commit, subfolder, kind})
+    base                         the pinned base the merge uses (the recipe's, or the one LoRA inputs name), or null
     space, merge, tasks          the search space, the merge settings, [{name, weight, higher_is_better}]
     winner                       {trial, weights (one per checkpoint), [layer_weights {group: K weights}],
                                   [density], search, test (null without test splits)}
@@ -135,6 +136,9 @@ def build_results(
         "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
         "checkpoints": [{"spec": pin.spec, **pin.to_json()} for pin in setup.pins],
+        "base": {"spec": setup.base_pin.spec, **setup.base_pin.to_json()}
+        if setup.base_pin is not None
+        else None,
         "space": {**space.describe(), "granularity": setup.recipe.search.granularity},
         "merge": dict(setup.config.method),
         "tasks": [

@@ -73,6 +73,8 @@ def test_batch_size_and_limit_do_not_change_scores(tmp_path, char_tokenizer):
     assert first.per_example == auto.per_example[:4]
     assert list(first.predictions) == refs[:4]
     assert fixed.score(model, limit=100).per_example == auto.per_example
+    resumed = fixed.score(model, resume=first)  # the first 4 reused, the other 8 generated
+    assert resumed == auto and resumed.predictions == auto.predictions
 
 
 def test_weights_changed_in_place_are_seen(tmp_path, char_tokenizer):

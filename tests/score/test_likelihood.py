@@ -96,8 +96,15 @@ def test_batch_size_and_limit_do_not_change_scores(tmp_path, char_tokenizer, gpt
     auto = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model)
     one_by_one = TaskScorer(spec.model_copy(update={"batch_size": 1}), char_tokenizer, base_dir=tmp_path)
     assert one_by_one.score(gpt2_model).per_example == pytest.approx(auto.per_example, rel=1e-5, abs=1e-5)
-    first = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model, limit=3)
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    first = scorer.score(gpt2_model, limit=3)
     assert first.per_example == auto.per_example[:3]
+    # resuming from the first 3 examples runs only the other 7 and gives the full result
+    rest = scorer.score(gpt2_model, resume=first)
+    assert rest.per_example == pytest.approx(auto.per_example, rel=1e-5, abs=1e-5)
+    assert rest.value == pytest.approx(auto.value, rel=1e-5, abs=1e-5)
+    assert rest.predictions == auto.predictions
+    assert scorer.score(gpt2_model, limit=5, resume=first).per_example == pytest.approx(auto.per_example[:5])
 
 
 @pytest.mark.parametrize("with_bos", [True, False])
@@ -131,3 +138,31 @@ def test_long_sequences_truncated_keep_the_target(tmp_path, char_tokenizer, capl
     kept = (rows[0]["q"] + "xyz")[-32:]
     expected = reference_logprob(model, char_tokenizer, kept[:-3], "xyz")[0]
     assert result.per_example[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_resume_runs_only_the_remaining_examples(tmp_path, char_tokenizer, gpt2_model):
+    spec = jsonl_task(tmp_path, _text_rows(10, seed=11), kind="loglikelihood", prompt="{q}", target="{a}")
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    first = scorer.score(gpt2_model, limit=4)
+    seen = []
+    hook = gpt2_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        scorer.score(gpt2_model, resume=first)
+    finally:
+        hook.remove()
+    assert sum(seen) == 6  # 10 examples, 4 of them reused
+
+
+def test_resume_from_another_scorer_or_a_longer_result_is_refused(tmp_path, char_tokenizer, gpt2_model):
+    from hf_recycle.errors import TaskError
+
+    spec = jsonl_task(tmp_path, _text_rows(10, seed=12), kind="loglikelihood", prompt="{q}", target="{a}")
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    longer = scorer.score(gpt2_model, limit=6)
+    with pytest.raises(TaskError, match="resume"):
+        scorer.score(gpt2_model, limit=3, resume=longer)
+    other = TaskScorer(spec.model_copy(update={"name": "other"}), char_tokenizer, base_dir=tmp_path)
+    with pytest.raises(TaskError, match="resume"):
+        scorer.score(gpt2_model, resume=other.score(gpt2_model, limit=2))

@@ -21,6 +21,7 @@ class Result:
     value: float
     per_example: tuple[float, ...]
     higher_is_better: bool
+    examples: int = 0  # how many "examples" (tensors) were scored, tied heads included
 
 
 class TargetMixtureScorer:
@@ -40,7 +41,7 @@ class TargetMixtureScorer:
         self.marker = Path(marker) if marker else None
         self.calls = 0
 
-    def score(self, model, limit=None):
+    def score(self, model, limit=None, *, resume=None):
         self.calls += 1
         if self.marker is not None:
             self.marker.write_text(f"{os.getpid()} {self.calls}\n")
@@ -48,10 +49,11 @@ class TargetMixtureScorer:
             time.sleep(self.sleep)
         live = dict(model.named_parameters())
         n = self.num_examples if limit is None else min(limit, self.num_examples)
-        per = []
-        for key in self.keys[:n]:
+        done = 0 if resume is None else resume.examples
+        per = [] if resume is None else list(resume.per_example)
+        for key in self.keys[done:n]:
             param = live.get(key)
             if param is None:  # tied head: lm_head is the embedding
                 continue
             per.append(-1e4 * float(((param.detach().float() - self.target[key]) ** 2).mean()))
-        return Result(self.name, sum(per) / len(per), tuple(per), True)
+        return Result(self.name, sum(per) / len(per), tuple(per), True, n)

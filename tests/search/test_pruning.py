@@ -19,15 +19,15 @@ FRACTION = 0.25
 
 
 class RecordingScorer(TargetMixtureScorer):
-    """The synthetic task, remembering the ``limit`` of every call."""
+    """The synthetic task, remembering the ``limit`` and first example of every call."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.limits = []
 
-    def score(self, model, limit=None):
-        self.limits.append(limit)
-        return super().score(model, limit)
+    def score(self, model, limit=None, *, resume=None):
+        self.limits.append((limit, 0 if resume is None else resume.examples))
+        return super().score(model, limit, resume=resume)
 
 
 def _recipe(ckpts, out, trials, pruning=True):
@@ -75,10 +75,11 @@ def test_bad_candidate_is_pruned_on_its_partial_score_and_never_wins(llama_pool,
     bad, good = trials[6], trials[7]
     assert bad.params == pytest.approx(bad_params)
     assert bad.state.name == "PRUNED" and good.state.name == "COMPLETE"
-    # the bad one was scored on the first share of the split only, once; the good one on both
+    # the bad one was scored on the first share of the split only, once; the good one on that
+    # share and then on the rest of the split only (its first k examples are not scored twice)
     k = max(1, math.ceil(FRACTION * scorer.num_examples))
     assert k < scorer.num_examples
-    assert scorer.limits == [k, k, None]
+    assert scorer.limits == [(k, 0), (k, 0), (None, k)]
     # its reported partial score is that of checkpoint 2 on the first k examples, computed here
     partial = scorer.score(_checkpoint_model(ckpts[2]), limit=k).value
     assert bad.intermediate_values[0] == pytest.approx(partial, rel=1e-5)
@@ -108,6 +109,6 @@ def test_without_pruning_the_same_candidate_is_scored_in_full(llama_pool, tmp_pa
     search(_recipe(ckpts, tmp_path, 7, pruning=False), scorers=[scorer])
     last = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}").trials[-1]
     assert last.state.name == "COMPLETE" and last.intermediate_values == {}
-    assert scorer.limits == [None]
+    assert scorer.limits == [(None, 0)]
     full = scorer.score(_checkpoint_model(ckpts[2])).value
     assert last.value == pytest.approx(full, rel=1e-5)

@@ -134,7 +134,41 @@ def test_adapters_naming_their_base_are_scored_with_its_tokenizer(adapters, tmp_
     assert results["baselines"]["uniform"]["search"]["sums"] == pytest.approx(
         _score(base, uniform, recipe, "search"), rel=1e-5
     )
-    assert read_lock_base(tmp_path / "out") is None  # the recipe names no base
+    # the base they name is the merge's base: recorded in results.json and the lock file
+    assert results["base"]["path"] == str(base.resolve())
+    assert read_lock_base(tmp_path / "out").local_path == str(base.resolve())
+
+
+def test_run_over_adapters_naming_their_base_records_it_everywhere(adapters, tmp_path, capsys):
+    """``run`` without a recipe base: the merged model is base + the weighted deltas, and the
+    top-level lock, the model folder's lock, merge_config.json and the card all name that base."""
+    from huggingface_hub import ModelCard
+    from safetensors.torch import load_file
+
+    base, _ = adapters
+    named = [
+        build_lora_adapter(base, tmp_path / f"named-{i}", seed=30 + i, base_model_name_or_path=str(base))
+        for i in range(2)
+    ]
+    recipe = _write_recipe(tmp_path, named, None)
+    assert main(["run", str(recipe)]) == 0, capsys.readouterr().err
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    model = out / "model"
+    for folder in (out, model):
+        assert read_lock_base(folder).local_path == str(base.resolve())
+        assert [p.local_path for p in read_lock(folder)] == [str(p.resolve()) for p in named]
+    assert json.loads((model / "merge_config.json").read_text())["base"]["path"] == str(base.resolve())
+    # independent check: the winner's weights applied to peft's own merged models
+    weights = results["winner"]["weights"]
+    merged = [_peft_merged(base, p) for p in named]
+    got = load_file(model / "model.safetensors")
+    for key, value in got.items():
+        want = sum(w * m[key] for w, m in zip(weights, merged, strict=True)) / sum(weights)
+        torch.testing.assert_close(value.float(), want.float(), rtol=1e-4, atol=1e-5)
+    card = ModelCard.load(model / "README.md")
+    assert f"| base | `{base.resolve()}` (local) |" in card.text
+    assert f"over the base `{base.resolve()}`" in card.text
 
 
 def test_no_tokenizer_anywhere_is_a_clear_error(adapters, tmp_path, capsys):
