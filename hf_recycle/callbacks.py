@@ -51,6 +51,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from hf_recycle.errors import RecycleCallbackError
+from hf_recycle.trainer_pool import RecordedCheckpoint, has_tokenizer, has_weights, kind_of, link_model_files
 
 logger = logging.getLogger(__name__)
 
@@ -61,89 +62,6 @@ RESULTS_DIR = "recycled"
 POOL_FILE = "pool.json"
 HUB_STRATEGIES = ("every_save", "all_checkpoints")  # the Trainer's strategies that keep every save on the Hub
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Trainer state saved beside the model in checkpoint-N: not needed to merge or score.
-_TRAINER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
-
-
-@dataclass(frozen=True)
-class RecordedCheckpoint:
-    """One checkpoint the Trainer saved during the run.
-
-    Attributes:
-        step: Global step of the save (``N`` of ``checkpoint-N``; ``-1`` for the final weights).
-        path: The folder the Trainer (or the callback, for the final weights) wrote, absolute.
-        kind: ``"full"`` for complete weights, ``"lora"`` for a PEFT adapter.
-        kept: The hard-linked copy under ``_recycle/pool`` (``keep_checkpoints=True``).
-        hub_spec: Where the Trainer's upload put it, pinned to that upload's commit:
-            ``org/run@<sha>:checkpoint-N`` (``all_checkpoints``) or ``org/run@<sha>``
-            (``every_save``); set once the upload has finished.
-    """
-
-    step: int
-    path: Path
-    kind: str
-    kept: Path | None = None
-    hub_spec: str | None = None
-
-    @property
-    def name(self) -> str:
-        """``checkpoint-N``, or ``final``."""
-        return "final" if self.step < 0 else f"checkpoint-{self.step}"
-
-    def spec(self) -> str | None:
-        """The spec the search reads it from: its folder, else the kept copy, else the Hub; None when gone."""
-        for folder in (self.path, self.kept):
-            if folder is not None and _has_weights(folder):
-                return str(folder)
-        return self.hub_spec
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form written to ``pool.json``."""
-        return {
-            "name": self.name,
-            "step": self.step,
-            "path": str(self.path),
-            "kind": self.kind,
-            "kept": str(self.kept) if self.kept else None,
-            "hub_spec": self.hub_spec,
-            "spec": self.spec(),
-        }
-
-
-def _has_weights(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    names = {p.name for p in folder.iterdir()}
-    return any(n.endswith(".safetensors") or n in ("pytorch_model.bin", "adapter_model.bin") for n in names)
-
-
-def _kind_of(folder: Path) -> str:
-    return (
-        "lora"
-        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
-        else "full"
-    )
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in _TOKENIZER_FILES)
-
-
-def _link_model_files(src: Path, dst: Path) -> None:
-    """Hard-link (else copy) the model files of ``src`` into ``dst``: not the optimizer or RNG state."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for file in src.iterdir():
-        if not file.is_file() or file.name in _TRAINER_FILES or file.name.startswith("rng_state"):
-            continue
-        try:
-            os.link(file, tmp / file.name)
-        except OSError:
-            shutil.copy2(file, tmp / file.name)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
 
 
 def _find_caller(cls: type, depth: int = 12) -> Any:
@@ -323,16 +241,16 @@ class RecycleCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         folder = Path(os.path.abspath(args.output_dir)) / f"checkpoint-{state.global_step}"
-        if not _has_weights(folder):
+        if not has_weights(folder):
             logger.warning("RecycleCallback: no weights in %s after a save: not recorded", folder)
             return
-        if self.tokenizer is not None and processing_class is None and not _has_tokenizer(folder):
+        if self.tokenizer is not None and processing_class is None and not has_tokenizer(folder):
             self.tokenizer.save_pretrained(folder)
         kept = None
         if self.keep_checkpoints:
             kept = self.work_dir(args) / "pool" / folder.name
-            _link_model_files(folder, kept)
-        record = RecordedCheckpoint(state.global_step, folder, _kind_of(folder), kept)
+            link_model_files(folder, kept)
+        record = RecordedCheckpoint(state.global_step, folder, kind_of(folder), kept)
         self.checkpoints = [c for c in self.checkpoints if c.step != record.step] + [record]
         logger.info("RecycleCallback: recorded %s (%s)", folder, record.kind)
         if self._hub_keeps_saves(args):
@@ -463,10 +381,10 @@ class RecycleCallback(TrainerCallback):
                 continue
             for folder in root.iterdir():
                 match = _CHECKPOINT_RE.match(folder.name)
-                if match and int(match.group(1)) <= step and _has_weights(folder):
+                if match and int(match.group(1)) <= step and has_weights(folder):
                     n = int(match.group(1))
                     kept = folder if root != output_dir else (found[n].kept if n in found else None)
-                    found[n] = RecordedCheckpoint(n, output_dir / folder.name, _kind_of(folder), kept)
+                    found[n] = RecordedCheckpoint(n, output_dir / folder.name, kind_of(folder), kept)
         known = {c.step for c in self.checkpoints}
         self.checkpoints += [found[n] for n in sorted(found) if n not in known]
         if found:
@@ -515,7 +433,7 @@ class RecycleCallback(TrainerCallback):
         tokenizer = processing_class if processing_class is not None else self.tokenizer
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
-        kind = _kind_of(folder)
+        kind = kind_of(folder)
         logger.info("RecycleCallback: saved the final weights (%s) to %s", kind, folder)
         return RecordedCheckpoint(-1, folder, kind)
 
