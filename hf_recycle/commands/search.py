@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--create-only",
         action="store_true",
-        help="create the study in the storage and exit (before workers start)",
+        help="create the study in the storage, enqueue its baselines and exit (before workers start)",
     )
     parser.add_argument("--json", action="store_true", help="print results.json to stdout")
     parser.set_defaults(func=run)

@@ -26,6 +26,7 @@ from hf_recycle.search.study import (
     StudyConfig,
     create_or_load_study,
     default_storage_url,
+    enqueue_initial_baselines,
     finished_count,
     make_sampler,
     open_storage,
@@ -228,7 +229,8 @@ def create_study(
     scorers: Sequence[Scorer] | None = None,
     endpoint: str | None = None,
 ) -> str:
-    """Create the recipe's study in its storage (once, before several workers start); return its name."""
+    """Create the recipe's study in its storage and enqueue its baselines (once, before several
+    workers start); return its name."""
     setup = prepare(
         recipe,
         storage=storage,
@@ -239,7 +241,8 @@ def create_study(
         endpoint=endpoint,
     )
     try:
-        create_or_load_study(open_storage(setup.storage_url, None), setup.study_name, setup.config)
+        created = create_or_load_study(open_storage(setup.storage_url, None), setup.study_name, setup.config)
+        enqueue_initial_baselines(created, setup.config)  # before the workers, so none races to it
         return setup.study_name
     finally:
         setup.close()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from hf_recycle.search.space import SearchSpace
-from hf_recycle.search.study import mark_worker
+from hf_recycle.search.study import DUPLICATE_ATTR, earlier_twin, mark_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -108,6 +108,10 @@ class TrialObjective:
         import optuna
 
         mark_worker(trial)
+        twin = earlier_twin(trial, self.space.n_checkpoints)
+        if twin is not None:  # another worker enqueued this baseline too
+            trial.set_user_attr(DUPLICATE_ATTR, twin)
+            raise optuna.TrialPruned(f"trial {twin} runs the same baseline")
         candidate = self.space.suggest(trial)
         self.candidate_model.set_weights(candidate.weights, candidate.density)
         trial.set_user_attr("weights", candidate.weights.tolist())

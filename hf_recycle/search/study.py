@@ -4,7 +4,9 @@ A study lives in an Optuna storage: by default the SQLite file ``study.db`` in t
 output folder; ``postgresql://...`` (or any SQLAlchemy URL) or a journal file lets
 several workers on several machines share it. ``trials`` counts every finished
 (complete or pruned) trial of the study, the enqueued baselines included; a worker
-stops once the study holds that many.
+stops once the study holds that many. Workers that start together may both enqueue a
+baseline: the lowest-numbered live trial of each baseline soup runs it, and a later copy
+is pruned at once with the user attribute ``duplicate_of`` and counted nowhere.
 
 Resuming: finished trials are kept. A trial left ``RUNNING`` by a process that died
 is failed and its parameters enqueued again (once per failure, at most 3 times):
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 SAMPLERS = ("cmaes", "tpe", "gp", "random", "nsga2")
 FINGERPRINT_ATTR = "hf_recycle"
 WORKER_ATTR = "hf_recycle_worker"
+DUPLICATE_ATTR = "duplicate_of"
 MAX_RETRY = 3
 DEFAULT_HEARTBEAT_S = 30
 
@@ -348,7 +351,9 @@ def enqueue_initial_baselines(study: optuna.Study, config: StudyConfig) -> None:
     study.set_user_attr("baselines_enqueued", True)
 
 
-def baseline_members(trial: optuna.trial.FrozenTrial, n_checkpoints: int) -> frozenset[int] | None:
+def baseline_members(
+    trial: optuna.Trial | optuna.trial.FrozenTrial, n_checkpoints: int
+) -> frozenset[int] | None:
     """The soup a baseline trial evaluated (``None`` for a searched trial)."""
     kind = trial.user_attrs.get("baseline")
     if kind == "uniform":
@@ -357,6 +362,28 @@ def baseline_members(trial: optuna.trial.FrozenTrial, n_checkpoints: int) -> fro
         return frozenset([int(trial.user_attrs["checkpoint"])])
     if kind == "greedy_soup":
         return frozenset(int(i) for i in trial.user_attrs["members"])
+    return None
+
+
+def earlier_twin(trial: optuna.Trial, n_checkpoints: int) -> int | None:
+    """The number of an earlier trial of the same baseline soup that did not fail, if any.
+
+    Two workers that start on a new study together can both enqueue the initial baselines
+    (and greedy soup's next step): the copy with the higher number is not run.
+    """
+    from optuna.trial import TrialState
+
+    members = baseline_members(trial, n_checkpoints)
+    if members is None:
+        return None
+    for t in trial.study.get_trials(deepcopy=False):
+        if (
+            t.number < trial.number
+            and t.state != TrialState.FAIL
+            and DUPLICATE_ATTR not in t.user_attrs
+            and baseline_members(t, n_checkpoints) == members
+        ):
+            return t.number
     return None
 
 
@@ -415,10 +442,13 @@ def enqueue_greedy_step(
 
 
 def finished_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
-    """Trials that count toward the budget: complete and pruned ones."""
+    """Trials that count toward the budget: complete and pruned ones (skipped duplicates aside)."""
     from optuna.trial import TrialState
 
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    return sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) and DUPLICATE_ATTR not in t.user_attrs
+        for t in trials
+    )
 
 
 def run_worker(
