@@ -43,7 +43,7 @@ $(MKVENV)/bin/mergekit-yaml:
 ifneq ($(HAS_CUDA),yes)
 	$(MKVENV)/bin/python -m pip install -q "$(TORCH_CPU)"
 endif
-	$(MKVENV)/bin/python -m pip install -q mergekit==0.1.5 "$(TORCH_CPU)"
+	$(MKVENV)/bin/python -m pip install -q mergekit==0.1.5
 
 bench: install $(MKVENV)/bin/mergekit-yaml
 	$(BIN)/python benchmarks/run_all.py

@@ -185,7 +185,7 @@ class RecycleCallback(TrainerCallback):
     @staticmethod
     def work_dir(args: Any) -> Path:
         """``output_dir/_recycle``: the final weights and the kept checkpoints."""
-        return Path(os.path.abspath(args.output_dir)) / WORK_DIR
+        return _absolute_output_dir(args) / WORK_DIR
 
     # --- events -----------------------------------------------------------------------------
 
@@ -240,7 +240,7 @@ class RecycleCallback(TrainerCallback):
         """Record the ``checkpoint-N`` folder the Trainer just wrote (and its upload to the Hub)."""
         if not state.is_world_process_zero:
             return
-        folder = Path(os.path.abspath(args.output_dir)) / f"checkpoint-{state.global_step}"
+        folder = _absolute_output_dir(args) / f"checkpoint-{state.global_step}"
         if not has_weights(folder):
             logger.warning("RecycleCallback: no weights in %s after a save: not recorded", folder)
             return
@@ -374,7 +374,7 @@ class RecycleCallback(TrainerCallback):
 
     def _pick_up_existing(self, args: Any, step: int) -> None:
         """Record the ``checkpoint-N`` folders (and kept copies) up to ``step`` of a resumed run."""
-        output_dir = Path(os.path.abspath(args.output_dir))
+        output_dir = _absolute_output_dir(args)
         found: dict[int, RecordedCheckpoint] = {}
         for root in (self.work_dir(args) / "pool", output_dir):
             if not root.is_dir():
@@ -464,6 +464,11 @@ class RecycleCallback(TrainerCallback):
             logger.warning(
                 "RecycleCallback: not called by a Trainer: the scores went to state.log_history only"
             )
+
+
+def _absolute_output_dir(args: Any) -> Path:
+    """The Trainer's ``output_dir``, absolute (checkpoint paths outlive a change of directory)."""
+    return Path(os.path.abspath(args.output_dir))
 
 
 def _strategy_name(value: Any) -> str:

@@ -176,6 +176,14 @@ def _resolve_base(recipe: Any, endpoint: str | None, token: str | bool | None) -
     return pins[0]
 
 
+def _check_push(recipe: Any, push: bool) -> None:
+    if push and recipe.push is None:
+        raise RecipeError(
+            f"--push was given but recipe '{recipe.name}' has no push: section: add e.g. "
+            "push: {repo: my-org/my-merge}, or push later with hf-recycle push --repo ORG/NAME --from DIR"
+        )
+
+
 def plan(
     recipe: Any,
     *,
@@ -193,11 +201,7 @@ def plan(
     recipe, _, _, _ = _load(recipe)
     endpoint = endpoint or recipe.endpoint
     out = Path(output_dir) if output_dir else recipe.output_dir
-    if push and recipe.push is None:
-        raise RecipeError(
-            f"--push was given but recipe '{recipe.name}' has no push: section: add e.g. "
-            "push: {repo: my-org/my-merge}, or push later with hf-recycle push --repo ORG/NAME --from DIR"
-        )
+    _check_push(recipe, push)
     pins = resolve(recipe.checkpoints, endpoint=endpoint, token=token) if recipe.checkpoints else []
     return RunPlan(
         name=recipe.name,
@@ -252,24 +256,23 @@ def run(
         HubPushError: The push failed; every local output is written and the message gives
             the ``hf-recycle push`` command that retries it.
     """
-    the_plan = plan(
-        recipe,
-        push=push,
-        trials=trials,
-        storage=storage,
-        endpoint=endpoint,
-        token=token,
-        output_dir=output_dir,
-    )
     if dry_run:
-        return the_plan
+        return plan(
+            recipe,
+            push=push,
+            trials=trials,
+            storage=storage,
+            endpoint=endpoint,
+            token=token,
+            output_dir=output_dir,
+        )
     parsed, text, base_dir, display = _load(recipe, base_dir)
+    _check_push(parsed, push)  # before the search, not after it
     endpoint = endpoint or parsed.endpoint
     if endpoint != parsed.endpoint:
         parsed = parsed.model_copy(update={"endpoint": endpoint})
-    out = the_plan.output_dir
+    out = Path(output_dir) if output_dir else parsed.output_dir
 
-    from hf_recycle.hub.lock import write_lock
     from hf_recycle.search.api import search
 
     results = search(
@@ -281,16 +284,10 @@ def run(
         device=device,
         progress=progress,
     )
+    # The search wrote checkpoints.lock.json next to results.json, with the base its merges
+    # used (the recipe's when the method or a LoRA input needs one, else the one adapters name).
     pins = [PinnedCheckpoint.from_json(c, spec=c.get("spec")) for c in results["checkpoints"]]
-    from hf_recycle.merge.methods import get_method
-
-    # The recipe's base is part of the merge (and of the lock files and card) only when the
-    # method needs one or an input is a LoRA adapter, as in the search.
-    uses_base = get_method(results["merge"]["method"]).needs_base or any(p.kind == "lora" for p in pins)
-    base = the_plan.base if uses_base else None
-    if base is None and uses_base and results.get("base"):
-        base = PinnedCheckpoint.from_json(results["base"])  # the base the LoRA inputs name
-    write_lock(pins, out, base=base)
+    base = PinnedCheckpoint.from_json(results["base"]) if results.get("base") else None
 
     entries: list[tuple[Path, dict[str, Any], int | None]] = []
     if results.get("pareto"):

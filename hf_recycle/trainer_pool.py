@@ -7,15 +7,17 @@ model files of a ``checkpoint-N`` folder without the Trainer's optimizer and RNG
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_recycle.hub.files import NON_WEIGHT_PICKLES, TOKENIZER_FILES, FolderContents
+
 # Trainer state saved beside the model in checkpoint-N: not needed to merge or score.
-TRAINER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+TRAINER_STATE = (*NON_WEIGHT_PICKLES, "trainer_state.json")
 
 
 @dataclass(frozen=True)
@@ -64,18 +66,13 @@ class RecordedCheckpoint:
 
 
 def has_weights(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    names = {p.name for p in folder.iterdir()}
-    return any(n.endswith(".safetensors") or n in ("pytorch_model.bin", "adapter_model.bin") for n in names)
+    """Whether ``folder`` holds model or adapter weights (not only Trainer state)."""
+    return FolderContents.of_folder(folder).has_weights
 
 
 def kind_of(folder: Path) -> str:
-    return (
-        "lora"
-        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
-        else "full"
-    )
+    """``lora`` for a PEFT adapter folder, else ``full`` (as the resolver decides it)."""
+    return FolderContents.of_folder(folder).kind
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -88,7 +85,7 @@ def link_model_files(src: Path, dst: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for file in src.iterdir():
-        if not file.is_file() or file.name in TRAINER_FILES or file.name.startswith("rng_state"):
+        if not file.is_file() or any(fnmatch.fnmatchcase(file.name, p) for p in TRAINER_STATE):
             continue
         try:
             os.link(file, tmp / file.name)

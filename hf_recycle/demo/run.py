@@ -81,9 +81,12 @@ def _checkpoint_rows(
     return rows
 
 
+#: The baselines' names in results.json -> how the demo's table and picture name them.
+BASELINE_LABELS = {"uniform": "uniform soup", "best_single": "best single", "greedy_soup": "greedy soup"}
+
+
 def _table(results: dict[str, Any], checkpoints: list[dict]) -> list[dict[str, Any]]:
     rows = list(checkpoints)
-    labels = {"uniform": "uniform soup", "best_single": "best single", "greedy_soup": "greedy soup"}
     for name, entry in results["baselines"].items():
         note = ""
         if name == "best_single":
@@ -91,7 +94,12 @@ def _table(results: dict[str, Any], checkpoints: list[dict]) -> list[dict[str, A
         elif name == "greedy_soup":
             note = " + ".join(checkpoints[i]["name"] for i in entry["members"])
         rows.append(
-            {"name": labels.get(name, name), "kind": "baseline", "note": note, "test": _flat(entry["test"])}
+            {
+                "name": BASELINE_LABELS.get(name, name),
+                "kind": "baseline",
+                "note": note,
+                "test": _flat(entry["test"]),
+            }
         )
     rows.append(
         {
@@ -137,9 +145,8 @@ def summarize(results: dict[str, Any], threshold: float = WEIGHT_THRESHOLD) -> d
 
 def format_summary(summary: dict[str, Any]) -> str:
     """One line per baseline (the merge's held-out margin over it), then the weights line."""
-    labels = {"uniform": "uniform soup", "best_single": "best single", "greedy_soup": "greedy soup"}
     lines = [
-        f"optimized merge {summary['merge']:.3f} vs {labels.get(name, name)} {mean:.3f}: "
+        f"optimized merge {summary['merge']:.3f} vs {BASELINE_LABELS.get(name, name)} {mean:.3f}: "
         f"{summary['margins'][name]:+.3f} ({'better' if summary['beats'][name] else 'not better'})"
         for name, mean in summary["baselines"].items()
     ]
@@ -222,7 +229,11 @@ def plot_pareto(
         ax.scatter([x], [y], s=30 + 900 * w, color="0.55", alpha=0.75, edgecolor="0.2", zorder=3)
         ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(7, -3), fontsize=8)
     ax.scatter([], [], s=60, color="0.55", edgecolor="0.2", label="checkpoint (area ~ merge weight)")
-    colors = {"uniform soup": "tab:blue", "best single": "tab:green", "greedy soup": "tab:purple"}
+    colors = {
+        BASELINE_LABELS["uniform"]: "tab:blue",
+        BASELINE_LABELS["best_single"]: "tab:green",
+        BASELINE_LABELS["greedy_soup"]: "tab:purple",
+    }
     for row in rows:
         if row["kind"] != "baseline":
             continue

@@ -99,8 +99,7 @@ def _download(pin: PinnedCheckpoint, client, cache_dir: str | Path | None, allow
     snapshot = repo_folder(pin.repo_id, cache_dir) / "snapshots" / pin.commit
     folder = snapshot / pin.subfolder if pin.subfolder else snapshot
     if client is None:  # offline: the cache must hold it
-        names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
-        contents = FolderContents.from_names(names)
+        contents = FolderContents.of_folder(folder)
         if not contents.has_weights:
             raise CheckpointNotFoundError(
                 f"'{pin.spec}' ({pin.commit[:7]}) is not in the local cache and HF_HUB_OFFLINE is set: unset"

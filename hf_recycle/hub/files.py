@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 # Files a merge needs besides the weights.
@@ -60,6 +61,15 @@ class FolderContents:
             safe_files=tuple(n for n in names if is_safe_weight(n)),
             pickle_files=tuple(n for n in names if is_pickle_weight(n)),
             support_files=tuple(n for n in names if n in CONFIG_FILES or n in TOKENIZER_FILES),
+        )
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> FolderContents:
+        """The contents of a local folder (empty when it is not a folder)."""
+        return (
+            cls.from_names(p.name for p in folder.iterdir() if p.is_file())
+            if folder.is_dir()
+            else cls((), (), ())
         )
 
     @property

@@ -214,27 +214,21 @@ def push_folder(
             f"{exc}{detail}. The local folder is intact; retry with: "
             f"{retry_command(plan.folder, repo_id, branch, create_pr)}"
         ) from exc
-    if created:
-        result = PushResult(
-            repo_id=repo_id,
-            branch=branch,
-            commit_url=str(info.commit_url),
-            commit_sha=str(info.oid),
-            pr_url=str(info.pr_url) if info.pr_url else None,
-        )
-        logger.info("pushed %s", result.pr_url or result.commit_url)
-        return result
     result = PushResult(
         repo_id=repo_id,
         branch=branch,
-        commit_url=f"{endpoint}/{repo_id}/commit/{head}",
-        commit_sha=str(head),
-        created_commit=False,
+        commit_url=str(info.commit_url) if created else f"{endpoint}/{repo_id}/commit/{head}",
+        commit_sha=str(info.oid) if created else str(head),
+        pr_url=str(info.pr_url) if created and info.pr_url else None,
+        created_commit=created,
     )
-    logger.info(
-        "no file changed: made no commit; branch '%s' of %s is at commit %s, which holds these files",
-        branch, repo_id, head,
-    )  # fmt: skip
+    if created:
+        logger.info("pushed %s", result.pr_url or result.commit_url)
+    else:
+        logger.info(
+            "no file changed: made no commit; branch '%s' of %s is at commit %s, which holds these files",
+            branch, repo_id, head,
+        )  # fmt: skip
     return result
 
 

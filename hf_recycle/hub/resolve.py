@@ -147,7 +147,7 @@ def _resolve_local(spec: CheckpointSpec) -> PinnedCheckpoint:
             f"checkpoint folder '{spec.raw}' {what}: pass a folder that holds config.json and model.safetensors"
             " (or adapter_config.json and adapter_model.safetensors)"
         )
-    contents = FolderContents.from_names(p.name for p in path.iterdir() if p.is_file())
+    contents = FolderContents.of_folder(path)
     if not contents.has_weights:
         raise CheckpointNotFoundError(
             f"checkpoint folder '{spec.raw}' holds no weights (*.safetensors, adapter_model.safetensors or"

@@ -327,14 +327,13 @@ def _side_file_reference(inputs: MergeInputs) -> TensorSource:
     if inputs.base is not None:
         return inputs.base
     first = inputs.checkpoints[0]
-    adapter_base = first.base if isinstance(first, LoraSource) else None
-    return adapter_base if adapter_base is not None else first
+    return first.base if isinstance(first, LoraSource) else first
 
 
 def _check_output_location(output: Path, inputs: MergeInputs) -> None:
     target = output.resolve()
     sources = [*inputs.checkpoints, *([inputs.base] if inputs.base else [])]
-    sources += [s.base for s in inputs.checkpoints if isinstance(s, LoraSource) and s.base is not None]
+    sources += [s.base for s in inputs.checkpoints if isinstance(s, LoraSource)]
     for source in sources:
         path = Path(source.path).resolve()
         if path == target or target in path.parents:

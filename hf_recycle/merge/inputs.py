@@ -130,13 +130,12 @@ def fetch_specs(
 
 def local_pin(name: str, path: Path) -> PinnedCheckpoint:
     """The pin of a local folder (kind from its files; no commit)."""
-    names = [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
     return PinnedCheckpoint(
         repo_id=None,
         revision=None,
         commit=None,
         subfolder=None,
-        kind=FolderContents.from_names(names).kind,
+        kind=FolderContents.of_folder(path).kind,
         spec=name,
         local_path=str(path.resolve()),
     )
@@ -241,6 +240,27 @@ def _open_adapters(
     return list(named.values())
 
 
+def _record(source: TensorSource, kind: str | None = None) -> dict[str, object]:
+    """The ``merge_config.json`` entry of an opened input."""
+    return {
+        "spec": source.name,
+        "path": str(Path(source.path).resolve()),
+        "kind": kind or type(source).__name__,
+    }
+
+
+def _pin_fields(pin: PinnedCheckpoint) -> dict[str, object]:
+    """Where a Hub input came from (nothing for a local folder)."""
+    if pin.is_local:
+        return {}
+    return {
+        "repo_id": pin.repo_id,
+        "revision": pin.revision,
+        "commit": pin.commit,
+        "subfolder": pin.subfolder,
+    }
+
+
 def open_inputs(
     checkpoints: Sequence[CheckpointLike],
     base: CheckpointLike | None = None,
@@ -292,9 +312,7 @@ def open_inputs(
                 name, path = item
                 source = open_source(name, path, allow_pickle=allow_pickle)
             opened.append(source)
-            records.append(
-                {"spec": source.name, "path": str(Path(source.path).resolve()), "kind": type(source).__name__}
-            )
+            records.append(_record(source))
         if adapters:
             named_bases = _open_adapters(
                 opened, records, adapters, len(opened) - 1 if base is not None else None,
@@ -305,26 +323,14 @@ def open_inputs(
             source.close()
         raise
     for record, pin in zip(records, pins, strict=True):
-        if not pin.is_local:
-            record.update(
-                repo_id=pin.repo_id, revision=pin.revision, commit=pin.commit, subfolder=pin.subfolder
-            )
+        record.update(_pin_fields(pin))
     if base is not None:
         records[-1]["role"] = "base"
         return MergeInputs(opened[:-1], opened[-1], records, pins=pins[:-1], base_pin=pins[-1])
     implied_pin = None
     if len(named_bases) == 1:  # every adapter names the same base: record it as the merge's base
         source, implied_pin = named_bases[0]
-        record: dict[str, object] = {
-            "spec": source.name, "path": str(Path(source.path).resolve()), "kind": "named by the adapters",
-            "role": "base",
-        }  # fmt: skip
-        if not implied_pin.is_local:
-            record.update(
-                repo_id=implied_pin.repo_id,
-                revision=implied_pin.revision,
-                commit=implied_pin.commit,
-                subfolder=implied_pin.subfolder,
-            )
-        records.append(record)
+        records.append(
+            {**_record(source, "named by the adapters"), "role": "base", **_pin_fields(implied_pin)}
+        )
     return MergeInputs(opened, None, records, pins=pins, base_pin=implied_pin)

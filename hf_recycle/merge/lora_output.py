@@ -20,12 +20,11 @@ The output loads with ``PeftModel.from_pretrained(base_model, folder)``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,26 +32,17 @@ from typing import Any
 import torch
 
 from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError
+from hf_recycle.hub.files import TOKENIZER_FILES
 from hf_recycle.merge.adapter_config import ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX
 from hf_recycle.merge.lora import LoraModule, LoraSource
 from hf_recycle.merge.methods import MergeMethod, MethodParams
 from hf_recycle.merge.sources import TensorSource
+from hf_recycle.merge.streaming import one_cpu_thread
 
 logger = logging.getLogger(__name__)
 
 #: Methods whose result is base + Σ cᵢ·ΔWᵢ (the others trim or drop entries of ΔW).
 LINEAR_DELTA_METHODS = ("linear", "task_arithmetic")
-
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
 
 
 def parse_lora_rank(value: str | int | None) -> str | int:
@@ -159,21 +149,6 @@ def check_lora_inputs(checkpoints: Sequence[TensorSource]) -> list[LoraSource]:
     return sources
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """One intra-op thread on the CPU, as the streaming engine does: the ops here are small (m × Σr
-    panels, r × r SVDs), and OpenMP barriers on a busy machine make them 10-50x slower."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _truncate(u: torch.Tensor, v: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Best rank-``rank`` factors of U @ V (Eckart–Young) and the relative Frobenius error."""
     u64, v64 = u.double(), v.double()
@@ -241,7 +216,7 @@ def write_lora_merge(
     dtype = out_dtype or (first_dtypes[0] if first_dtypes else torch.float32)
     report = LoraMergeReport(files=[], lora_rank=lora_rank, coefficients=coefficients)
 
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         tensors, targets, ranks = _merge_factors(sources, coefficients, lora_rank, dtype, device, report)
         full_tensors = _merge_full_tensors(sources, coefficients, targets, device)
     for name, value in full_tensors.items():
@@ -255,7 +230,7 @@ def write_lora_merge(
     config = _adapter_config(sources, targets, ranks, full_tensors)
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     report.files = [ADAPTER_SAFETENSORS, ADAPTER_CONFIG]
-    for name in _TOKENIZER_FILES:
+    for name in sorted(TOKENIZER_FILES):
         for where in (sources[0].path, base.path):
             src = Path(where) / name
             if src.is_file():

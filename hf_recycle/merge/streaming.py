@@ -212,18 +212,12 @@ class StreamingMerger:
         Raises:
             NonFiniteError: A merged block holds NaN or Inf, or overflows the output dtype.
         """
-        threads = torch.get_num_threads()
-        if self.device.type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            with _progress(self.output_bytes) as bar:
-                for entry in self.entries:
-                    if not self._mergeable(entry.key):
-                        self._copy_tensor(entry, sink)
-                        bar.update(entry.nbytes)
-                self._merge_blocks(self._plan_blocks(), sink, bar)
-        finally:
-            torch.set_num_threads(threads)
+        with one_cpu_thread(self.device), _progress(self.output_bytes) as bar:
+            for entry in self.entries:
+                if not self._mergeable(entry.key):
+                    self._copy_tensor(entry, sink)
+                    bar.update(entry.nbytes)
+            self._merge_blocks(self._plan_blocks(), sink, bar)
 
     # --- blocks and workers ---------------------------------------------------------------
 
@@ -429,6 +423,22 @@ def _check_finite(tensor: torch.Tensor, key: str, method: str) -> None:
         f"merging tensor '{key}' with {method} produced NaN or Inf values{cast}: check the inputs for "
         "NaN/Inf and the weights/lambda for overflow, or use --dtype float32; nothing was written"
     )
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """One torch intra-op thread while on the CPU: the workers (or the small m × Σr panels and
+    r × r SVDs of a LoRA output) are the parallelism, and OpenMP barriers on a busy machine
+    make small ops 10-50x slower."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -62,7 +62,7 @@ def resolve_model_folder(spec: str, endpoint: str | None = None, token: str | bo
     if folder is not None:
         from hf_recycle.hub.files import FolderContents
 
-        if FolderContents.from_names(p.name for p in folder.iterdir() if p.is_file()).kind == "lora":
+        if FolderContents.of_folder(folder).kind == "lora":
             raise _adapter_refused(spec)
         return folder
     from hf_recycle.hub.download import fetch_checkpoints

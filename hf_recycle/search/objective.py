@@ -69,12 +69,9 @@ def score_all(
     results = {}
     for scorer in scorers:
         limit = None if limit_fraction is None else max(1, math.ceil(limit_fraction * scorer.num_examples))
-        if resume is not None:
-            results[scorer.name] = scorer.score(
-                candidate_model.model, limit=limit, resume=resume[scorer.name]
-            )
-        else:
-            results[scorer.name] = scorer.score(candidate_model.model, limit=limit)
+        # resume= only when given: scorers without it still work
+        extra = {} if resume is None else {"resume": resume[scorer.name]}
+        results[scorer.name] = scorer.score(candidate_model.model, limit=limit, **extra)
     return results
 
 

@@ -28,6 +28,7 @@ search seed, so all comparisons resample the same test examples.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -191,6 +192,7 @@ def build_results(
             weights = {s.name: s.weight for s in test_scorers}
             hib = {s.name: s.higher_is_better for s in test_scorers}
 
+            @functools.cache  # the Pareto winner is also a front member: bootstrap it once
             def versus_each(trial_number: int) -> dict[str, dict[str, Any]]:
                 return {
                     name: paired_bootstrap(

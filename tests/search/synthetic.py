@@ -1,4 +1,6 @@
-"""A synthetic task whose best mixture is known: closeness of the live weights to a target merge.
+"""Search test helpers: a synthetic task whose best mixture is known, and the tests' recipes.
+
+The synthetic task is the closeness of the live weights to a target merge.
 
 The scorer follows the TaskScorer interface and computes a real function of the live
 model: per tensor ("example"), minus the mean squared distance of the live parameter to
@@ -7,6 +9,7 @@ the target mixture Σ w*ᵢ θᵢ (times 1e4), so the score is maximal (0) at w 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -57,3 +60,51 @@ class TargetMixtureScorer:
                 continue
             per.append(-1e4 * float(((param.detach().float() - self.target[key]) ** 2).mean()))
         return Result(self.name, sum(per) / len(per), tuple(per), True, n)
+
+
+def synthetic_recipe(ckpts, out, tasks=(), **search_spec):
+    """A recipe over ``ckpts``; ``tasks`` are placeholders named like the injected synthetic scorers."""
+    from hf_recycle.recipe import Recipe
+
+    specs = [{"name": t, "data": "json", "prompt": "{q}", "target": "{a}"} for t in tasks]
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "checkpoints": [str(p) for p in ckpts],
+            "search": search_spec,
+            "tasks": specs,
+            "output": {"dir": str(out)},
+        }
+    )
+
+
+def write_sums_recipe(tmp_path, checkpoints, *, name, trials, base=None, merge=None, **search):
+    """``tmp_path/recipe.yaml``: a real ``sums`` loglikelihood task over 8 rows of data.jsonl
+    (search split the first 4, test split the other 4), output in ``tmp_path/out``."""
+    import yaml
+
+    rows = [{"q": f"{i}+{i}=", "a": str(2 * i)} for i in range(8)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {
+        "name": name,
+        "checkpoints": [str(p) for p in checkpoints],
+        **({"merge": merge} if merge else {}),
+        "search": {"trials": trials, "sampler": "random", **search},
+        "tasks": [
+            {
+                "name": "sums",
+                "data": {"path": "json", "data_files": "data.jsonl"},
+                "search_split": "train[:4]",
+                "test_split": "train[4:]",
+                "kind": "loglikelihood",
+                "prompt": "{q}",
+                "target": "{a}",
+            }
+        ],
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    if base is not None:
+        recipe["base"] = str(base)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path

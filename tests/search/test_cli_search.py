@@ -9,35 +9,13 @@ import sys
 import uuid
 
 import pytest
-import yaml
+from synthetic import write_sums_recipe
 
 from hf_recycle.cli import main
 
 
 def _write_recipe(tmp_path, ckpts, trials, **search):
-    data = tmp_path / "data.jsonl"
-    rows = [{"q": f"{i}+{i}=", "a": str(2 * i)} for i in range(8)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = {
-        "name": "cli-search",
-        "checkpoints": [str(p) for p in ckpts],
-        "search": {"trials": trials, "sampler": "random", **search},
-        "tasks": [
-            {
-                "name": "sums",
-                "data": {"path": "json", "data_files": "data.jsonl"},
-                "search_split": "train[:4]",
-                "test_split": "train[4:]",
-                "kind": "loglikelihood",
-                "prompt": "{q}",
-                "target": "{a}",
-            }
-        ],
-        "output": {"dir": str(tmp_path / "out")},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_sums_recipe(tmp_path, ckpts, name="cli-search", trials=trials, **search)
 
 
 def test_cli_search_with_real_task_scorer(llama_pool, tmp_path, capsys):

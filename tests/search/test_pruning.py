@@ -8,9 +8,8 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from synthetic import TargetMixtureScorer
+from synthetic import TargetMixtureScorer, synthetic_recipe
 
-from hf_recycle.recipe import Recipe
 from hf_recycle.search.api import search
 from hf_recycle.search.space import SearchSpace
 
@@ -31,18 +30,8 @@ class RecordingScorer(TargetMixtureScorer):
 
 
 def _recipe(ckpts, out, trials, pruning=True):
-    return Recipe.model_validate(
-        {
-            "name": "t",
-            "checkpoints": [str(p) for p in ckpts],
-            "search": {
-                "trials": trials,
-                "sampler": "random",
-                "pruning": pruning,
-                "pruning_fraction": FRACTION,
-            },
-            "output": {"dir": str(out)},
-        }
+    return synthetic_recipe(
+        ckpts, out, trials=trials, sampler="random", pruning=pruning, pruning_fraction=FRACTION
     )
 
 

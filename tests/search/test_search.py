@@ -12,30 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import TargetMixtureScorer
+from synthetic import TargetMixtureScorer, synthetic_recipe
 
 from hf_recycle.errors import IncompatibleCheckpointsError, MissingDependencyError, SearchError
-from hf_recycle.recipe import Recipe
 from hf_recycle.search.api import search
 from hf_recycle.search.report import paired_bootstrap
 from hf_recycle.testing.models import load_state_dict
 
 HERE = Path(__file__).parent
 TARGET = [0.6, 0.3, 0.1]
-
-
-def _recipe(ckpts, out, tasks=(), **search_spec):
-    """A recipe; ``tasks`` are placeholders named like the injected synthetic scorers."""
-    specs = [{"name": t, "data": "json", "prompt": "{q}", "target": "{a}"} for t in tasks]
-    return Recipe.model_validate(
-        {
-            "name": "t",
-            "checkpoints": [str(p) for p in ckpts],
-            "search": search_spec,
-            "tasks": specs,
-            "output": {"dir": str(out)},
-        }
-    )
 
 
 def _trials(storage_url, name="t"):
@@ -47,7 +32,9 @@ def _trials(storage_url, name="t"):
 def test_search_finds_the_known_best_mixture(llama_pool, tmp_path):
     _, ckpts = llama_pool
     scorers = [TargetMixtureScorer("mix", ckpts, TARGET)]
-    res = search(_recipe(ckpts, tmp_path, trials=40), scorers=scorers, test_scorers=scorers, n_boot=200)
+    res = search(
+        synthetic_recipe(ckpts, tmp_path, trials=40), scorers=scorers, test_scorers=scorers, n_boot=200
+    )
     assert res["trials"] == 40
     np.testing.assert_allclose(res["winner"]["weights"], TARGET, atol=0.06)
     # baselines: what they are, and the winner beats them on the search split
@@ -69,17 +56,14 @@ def test_search_finds_the_known_best_mixture(llama_pool, tmp_path):
     assert (tmp_path / "results.md").is_file() and (tmp_path / "plots" / "history.png").is_file()
     assert singles  # scorer reusable
     # resuming with a larger budget only adds trials
-    res2 = search(_recipe(ckpts, tmp_path, trials=44), scorers=scorers, test_scorers=None)
+    res2 = search(synthetic_recipe(ckpts, tmp_path, trials=44), scorers=scorers, test_scorers=None)
     assert res2["trials"] == 44 and res2["winner"]["search"]["mean"] >= res["winner"]["search"]["mean"]
 
 
-def _merged_per_example(ckpts, weights, scorer):
-    """Per-example test scores of Σ wᵢ θᵢ, merged here with plain torch and loaded by transformers."""
+def _merged_per_example(model, states, weights, scorer):
+    """Per-example test scores of Σ wᵢ θᵢ, merged here with plain torch into ``model``."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    states = [load_state_dict(p) for p in ckpts]
-    model = AutoModelForCausalLM.from_pretrained(ckpts[0], torch_dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(sum(float(w) * s[name].float() for w, s in zip(weights, states, strict=True)))
@@ -88,11 +72,16 @@ def _merged_per_example(ckpts, weights, scorer):
 
 def _check_comparisons_against_independent_merges(res, ckpts, folder, *, seed, n_boot):
     """Every baseline gets its own paired interval, computed from the right models' test scores."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     scorer = TargetMixtureScorer("mix", ckpts, TARGET)
-    winner = _merged_per_example(ckpts, res["winner"]["weights"], scorer)
+    states = [load_state_dict(p) for p in ckpts]
+    model = AutoModelForCausalLM.from_pretrained(ckpts[0], torch_dtype=torch.float32)
+    winner = _merged_per_example(model, states, res["winner"]["weights"], scorer)
     assert set(res["comparisons"]) == set(res["baselines"]) == {"uniform", "best_single", "greedy_soup"}
     for name, entry in res["baselines"].items():
-        base = _merged_per_example(ckpts, entry["weights"], scorer)
+        base = _merged_per_example(model, states, entry["weights"], scorer)
         comp = res["comparisons"][name]
         # the point difference is the plain mean of per-example differences (one task, weight 1)
         assert comp["difference"] == pytest.approx(np.mean(np.subtract(winner, base)), rel=1e-4, abs=1e-6)
@@ -122,7 +111,7 @@ def test_pareto_search_and_layer_granularity(llama_pool, tmp_path):
     _, ckpts = llama_pool
     scorers = [TargetMixtureScorer("a", ckpts, [1, 0, 0]), TargetMixtureScorer("b", ckpts, [0, 0, 1])]
     res = search(
-        _recipe(
+        synthetic_recipe(
             ckpts,
             tmp_path,
             ("a", "b"),
@@ -154,18 +143,21 @@ def test_bad_input_is_refused(llama_pool, gpt2_pool, tmp_path, monkeypatch):
     _, ckpts = llama_pool
     one = [TargetMixtureScorer("mix", ckpts, TARGET)]
     with pytest.raises(SearchError, match="trials must be a positive"):
-        search(_recipe(ckpts, tmp_path), trials=0, scorers=one)
+        search(synthetic_recipe(ckpts, tmp_path), trials=0, scorers=one)
     with pytest.raises(SearchError, match="at least 2 checkpoints"):
-        search(_recipe(ckpts[:1], tmp_path), scorers=one)
+        search(synthetic_recipe(ckpts[:1], tmp_path), scorers=one)
     with pytest.raises(SearchError, match="pareto"):
-        search(_recipe(ckpts, tmp_path, ("mix", "other"), objective="pareto", sampler="tpe"), scorers=one)
+        search(
+            synthetic_recipe(ckpts, tmp_path, ("mix", "other"), objective="pareto", sampler="tpe"),
+            scorers=one,
+        )
     with pytest.raises(SearchError, match="below the 6 trials the baselines"):
-        search(_recipe(ckpts, tmp_path, trials=5), scorers=one)
+        search(synthetic_recipe(ckpts, tmp_path, trials=5), scorers=one)
     with pytest.raises(IncompatibleCheckpointsError):
-        search(_recipe([ckpts[0], gpt2_pool[1][0]], tmp_path), scorers=one)
+        search(synthetic_recipe([ckpts[0], gpt2_pool[1][0]], tmp_path), scorers=one)
     monkeypatch.setitem(sys.modules, "cmaes", None)
     with pytest.raises(MissingDependencyError, match="'cmaes'"):
-        search(_recipe(ckpts, tmp_path / "m"), scorers=one)
+        search(synthetic_recipe(ckpts, tmp_path / "m"), scorers=one)
 
 
 _WORKER = """
@@ -174,8 +166,6 @@ sys.path.insert(0, {here!r})
 from synthetic import TargetMixtureScorer
 from hf_recycle.recipe import Recipe
 from hf_recycle.search.api import search
-from hf_recycle.search.report import paired_bootstrap
-from hf_recycle.testing.models import load_state_dict
 ckpts = {ckpts!r}
 recipe = Recipe.model_validate({{"name": "t", "checkpoints": ckpts, "search": {{"trials": {trials}}}, "output": {{"dir": {out!r}}}}})
 scorers = [TargetMixtureScorer("mix", ckpts, {target!r}, sleep={sleep}, marker={marker!r})]
@@ -227,7 +217,7 @@ def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, 
     done_before = {t.number: t.values for t in before if t.state.name == "COMPLETE"}
 
     scorers = [TargetMixtureScorer("mix", ckpts, TARGET)]
-    res = search(_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
+    res = search(synthetic_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
     after = _trials(url)
     complete = [t for t in after if t.state.name == "COMPLETE"]
     assert len(complete) == n == res["trials"]
@@ -247,13 +237,13 @@ def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, 
         [("uniform", None), ("single", 0), ("single", 1), ("single", 2)], key=str
     )
     # a second rerun has nothing to do
-    res = search(_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
+    res = search(synthetic_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
     assert res["trials"] == n and len(_trials(url)) == len(after)
 
 
 def test_study_of_another_recipe_is_not_resumed(llama_pool, tmp_path):
     _, ckpts = llama_pool
     one = [TargetMixtureScorer("mix", ckpts, TARGET)]
-    search(_recipe(ckpts, tmp_path, trials=6, sampler="random"), scorers=one)
+    search(synthetic_recipe(ckpts, tmp_path, trials=6, sampler="random"), scorers=one)
     with pytest.raises(SearchError, match="different search"):
-        search(_recipe(ckpts, tmp_path, trials=6, sampler="random", weights="signed"), scorers=one)
+        search(synthetic_recipe(ckpts, tmp_path, trials=6, sampler="random", weights="signed"), scorers=one)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-import yaml
+from synthetic import write_sums_recipe
 
 from hf_recycle.cli import main
 from hf_recycle.hub.lock import read_lock, read_lock_base
@@ -28,32 +28,9 @@ def adapters(llama_pool, tmp_path_factory):
 
 
 def _write_recipe(tmp_path, checkpoints, base):
-    data = tmp_path / "data.jsonl"
-    rows = [{"q": f"{i}+{i}=", "a": str(2 * i)} for i in range(8)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = {
-        "name": "lora-search",
-        "checkpoints": [str(p) for p in checkpoints],
-        "merge": {"method": "linear"},
-        "search": {"trials": 4, "sampler": "random"},
-        "tasks": [
-            {
-                "name": "sums",
-                "data": {"path": "json", "data_files": "data.jsonl"},
-                "search_split": "train[:4]",
-                "test_split": "train[4:]",
-                "kind": "loglikelihood",
-                "prompt": "{q}",
-                "target": "{a}",
-            }
-        ],
-        "output": {"dir": str(tmp_path / "out")},
-    }
-    if base is not None:
-        recipe["base"] = str(base)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_sums_recipe(
+        tmp_path, checkpoints, name="lora-search", trials=4, base=base, merge={"method": "linear"}
+    )
 
 
 def _peft_merged(base, adapter):
