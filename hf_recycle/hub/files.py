@@ -69,7 +69,7 @@ class FolderContents:
         return (
             cls.from_names(p.name for p in folder.iterdir() if p.is_file())
             if folder.is_dir()
-            else cls((), (), ())
+            else cls.from_names(())
         )
 
     @property

@@ -28,6 +28,7 @@ import torch
 
 from hf_recycle._version import __version__
 from hf_recycle.errors import MergeConfigError, OutputExistsError
+from hf_recycle.hub.files import TOKENIZER_FILES
 from hf_recycle.hub.lock import write_lock
 from hf_recycle.merge.compat import align_tied_heads, check_compatible
 from hf_recycle.merge.inputs import CheckpointLike, MergeInputs, expand_checkpoints, open_inputs
@@ -58,21 +59,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Files copied from the base (or first) checkpoint next to the merged weights.
-COPIED_FILES = (
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
+COPIED_FILES = ("generation_config.json", *sorted(TOKENIZER_FILES))
 
 MERGE_CONFIG_FILE = "merge_config.json"
 

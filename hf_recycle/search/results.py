@@ -38,7 +38,7 @@ import numpy as np
 from hf_recycle.search.baselines import greedy_soup_step
 from hf_recycle.search.objective import Scorer, macro_mean, score_all
 from hf_recycle.search.report import paired_bootstrap, scores_dict, write_results
-from hf_recycle.search.study import DUPLICATE_ATTR, baseline_members, redact_url, single_scores, soup_scores
+from hf_recycle.search.study import baseline_members, pruned_count, redact_url, single_scores, soup_scores
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,7 @@ def build_results(
             "trials_requested": setup.trials,
         },
         "trials": len(complete),
-        "trials_pruned": sum(
-            t.state == TrialState.PRUNED and DUPLICATE_ATTR not in t.user_attrs for t in trials
-        ),
+        "trials_pruned": pruned_count(trials),
         "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
         "checkpoints": [{"spec": pin.spec, **pin.to_json()} for pin in setup.pins],
         "base": {"spec": setup.base_pin.spec, **setup.base_pin.to_json()}

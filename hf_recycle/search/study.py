@@ -445,10 +445,14 @@ def finished_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     """Trials that count toward the budget: complete and pruned ones (skipped duplicates aside)."""
     from optuna.trial import TrialState
 
-    return sum(
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED) and DUPLICATE_ATTR not in t.user_attrs
-        for t in trials
-    )
+    return sum(t.state == TrialState.COMPLETE for t in trials) + pruned_count(trials)
+
+
+def pruned_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Trials the pruner stopped (baseline copies skipped as ``duplicate_of`` are not counted)."""
+    from optuna.trial import TrialState
+
+    return sum(t.state == TrialState.PRUNED and DUPLICATE_ATTR not in t.user_attrs for t in trials)
 
 
 def run_worker(
