@@ -3,7 +3,7 @@
 ::
 
     trainer = Trainer(..., callbacks=[RecycleCallback("recipe.yaml", trials=40)])
-    trainer.train()   # then: output_dir/recycled/model/ (weights + README.md card), results.json
+    trainer.train()   # then: output_dir/_recycled/model/ (weights + README.md card), results.json
 
 While training, :meth:`RecycleCallback.on_save` records each ``checkpoint-N`` folder the
 Trainer writes (full weights, or a PEFT adapter when the model is a ``PeftModel``) and,
@@ -11,9 +11,20 @@ with ``push_to_hub`` and ``hub_strategy`` ``every_save`` or ``all_checkpoints``,
 the checkpoint went on the Hub. At the end, :meth:`RecycleCallback.on_train_end` saves
 the final weights (when the last save was not at the last step), runs the recipe's
 search over the recorded checkpoints plus the final weights, writes the merged model,
-its card and ``results.json`` to ``output_dir/recycled``, logs the scores through the
-Trainer's log (so TensorBoard, W&B and the other reporters get them) and pushes when
+its card and ``results.json`` to ``output_dir/_recycled`` (which the Trainer's own pushes
+leave out, as every folder of ``output_dir`` starting with ``_``), logs the scores through
+the Trainer's log (so TensorBoard, W&B and the other reporters get them) and pushes when
 asked.
+
+The Hub: every call the callback makes (resolving and downloading checkpoints, reading a
+repo's visibility, pushing) uses the Trainer's ``hub_token`` when set (else huggingface_hub's
+``HF_TOKEN`` or login); it is never printed, logged or written. The merge is pushed private
+when the Trainer's repo or a source checkpoint's repo is private, unless ``private=`` (or the
+recipe's ``push.private``) says otherwise; a push into an existing repo never changes its
+visibility, and a private push into a public repo is refused (at train begin when the
+Trainer's repo or ``private=True`` makes it private). The pushed folder names a checkpoint by its Hub commit when the Trainer pushed it
+(``org/run@<sha>:checkpoint-N``), else relative to ``output_dir`` (``./checkpoint-N``,
+``./_recycle/final``), and holds no absolute local path.
 
 Rotated checkpoints (``save_total_limit``): the Trainer deletes old ``checkpoint-N``
 folders. By default they leave the pool (a warning at train begin says so), unless
@@ -50,7 +61,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from hf_recycle.errors import RecycleCallbackError
+from hf_recycle.errors import HfRecycleError, RecycleCallbackError
 from hf_recycle.trainer_pool import RecordedCheckpoint, has_tokenizer, has_weights, kind_of, link_model_files
 
 logger = logging.getLogger(__name__)
@@ -58,7 +69,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["RecycleCallback", "RecordedCheckpoint"]
 
 WORK_DIR = "_recycle"  # under the Trainer's output_dir; "_*" is never pushed by the Trainer
-RESULTS_DIR = "recycled"
+RESULTS_DIR = "_recycled"  # "_*": the Trainer's push_to_hub() leaves it out
 POOL_FILE = "pool.json"
 HUB_STRATEGIES = ("every_save", "all_checkpoints")  # the Trainer's strategies that keep every save on the Hub
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -101,12 +112,15 @@ class RecycleCallback(TrainerCallback):
         trials: Override of ``search.trials``.
         push_to: Push the merged model to this Hub repo (``org/name``); implies ``push``.
         push: Push to the recipe's ``push.repo`` (or ``push_to``) when done.
+        private: Push the merge private (``True``) or public (``False``), over the recipe's
+            ``push.private``. Unset (``None``), it is private when the Trainer's repo or a
+            source checkpoint's repo is private.
         keep_checkpoints: Keep the model files of checkpoints that ``save_total_limit`` rotates
             away (hard links under ``output_dir/_recycle/pool``), so they stay in the pool.
         include_final: Add the weights at the end of training to the pool (saved to
             ``output_dir/_recycle/final`` unless the last save was at the last step).
         output_dir: Where the merged model, card and results go (default:
-            ``<Trainer output_dir>/recycled``).
+            ``<Trainer output_dir>/_recycled``).
         tokenizer: Tokenizer to score with when the Trainer has no ``processing_class``; it
             is saved into checkpoint folders that lack one.
         base_dir: Folder that the tasks' relative data (and metric) paths resolve against
@@ -116,7 +130,8 @@ class RecycleCallback(TrainerCallback):
 
     Raises:
         RecipeError: The recipe file is invalid (raised here, before training starts).
-        RecycleCallbackError: At train begin: no task to score, or no tokenizer.
+        RecycleCallbackError: No task to score, or ``private`` without a push; at train begin:
+            no tokenizer, or a private push into an existing public repo.
     """
 
     def __init__(
@@ -126,6 +141,7 @@ class RecycleCallback(TrainerCallback):
         trials: int | None = None,
         push_to: str | None = None,
         push: bool = False,
+        private: bool | None = None,
         keep_checkpoints: bool = False,
         include_final: bool = True,
         output_dir: str | Path | None = None,
@@ -157,6 +173,15 @@ class RecycleCallback(TrainerCallback):
             raise RecycleCallbackError(
                 f"push=True but recipe '{recipe.name}' has no push: section: add one, or pass push_to='org/name'"
             )
+        if private is not None:
+            if not push:
+                raise RecycleCallbackError(
+                    f"private={private} applies to a push, and this callback does not push: pass push_to='org/name' "
+                    "(or push=True with a push: section in the recipe)"
+                )
+            recipe = recipe.model_copy(
+                update={"push": recipe.push.model_copy(update={"private": bool(private)})}
+            )
         if not recipe.tasks:
             raise RecycleCallbackError(
                 f"recipe '{recipe.name}' has no tasks: RecycleCallback scores the merge candidates on the "
@@ -175,6 +200,7 @@ class RecycleCallback(TrainerCallback):
         self._trainer_ref: weakref.ref | None = None
         self._uploads: list[_Upload] = []  # the Trainer's upload jobs not yet turned into hub_spec
         self._seen_jobs: set[futures.Future] = set()
+        self._trainer_repo_private: bool | None = None  # asked once
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -223,6 +249,7 @@ class RecycleCallback(TrainerCallback):
                     limit,
                     self.work_dir(args) / "pool",
                 )
+        self._check_push_target(args)
         if state.global_step > 0:  # resumed: the run's earlier checkpoints belong to the pool
             self._pick_up_existing(args, state.global_step)
 
@@ -279,7 +306,7 @@ class RecycleCallback(TrainerCallback):
                 len(specs),
             )
             return
-        self.results = self._recycle(specs, out)
+        self.results = self._recycle(specs, out, args, pool)
         self._log_scores(state, self.results)
 
     # --- the Trainer and its Hub uploads ----------------------------------------------------
@@ -370,6 +397,69 @@ class RecycleCallback(TrainerCallback):
             replace(c, hub_spec=spec) if c.step == upload.step else c for c in self.checkpoints
         ]
 
+    # --- the Hub: token, the Trainer's repo, visibility of the push -------------------------
+
+    @staticmethod
+    def _token(args: Any) -> str | None:
+        """The Trainer's ``hub_token`` (None: huggingface_hub's own, ``HF_TOKEN`` or the login)."""
+        return getattr(args, "hub_token", None) or None
+
+    def _training_repo(self, args: Any) -> str | None:
+        """The repo the Trainer pushes to, or None when it does not push."""
+        if not args.push_to_hub:
+            return None
+        return getattr(self._trainer(), "hub_model_id", None) or args.hub_model_id
+
+    def _push_recipe(self, args: Any) -> Any:
+        """The recipe, with ``push.private: true`` when it is unset and the Trainer's repo is private."""
+        push = self.recipe.push
+        repo = self._training_repo(args)
+        if not self.push or push is None or push.private is not None or repo is None:
+            return self.recipe
+        if self._trainer_repo_private is None:
+            from hf_recycle.hub.push import repo_visibility
+
+            try:
+                visibility = repo_visibility(repo, endpoint=self.recipe.endpoint, token=self._token(args))
+            except HfRecycleError as exc:
+                logger.warning(
+                    "RecycleCallback: cannot read the visibility of %s (%s): taking it as private", repo, exc
+                )
+                visibility = None
+            self._trainer_repo_private = visibility != "public"  # None: not visible with this token
+        if not self._trainer_repo_private:
+            return self.recipe
+        logger.info("RecycleCallback: the Trainer's repo %s is private: the merge is pushed private", repo)
+        return self.recipe.model_copy(update={"push": push.model_copy(update={"private": True})})
+
+    def _check_push_target(self, args: Any) -> None:
+        """Refuse, before training, a private push into an existing public repo (it would publish the merge)."""
+        if not self.push:
+            return
+        from hf_recycle.hub.push import repo_visibility
+
+        push = self._push_recipe(args).push
+        if not push.private:
+            return
+        try:
+            visibility = repo_visibility(push.repo, endpoint=self.recipe.endpoint, token=self._token(args))
+        except HfRecycleError as exc:
+            logger.warning(
+                "RecycleCallback: cannot check the visibility of %s before training: %s", push.repo, exc
+            )
+            return
+        if visibility == "public":
+            why = (
+                "private=True"
+                if self.recipe.push.private
+                else f"the Trainer's repo {self._training_repo(args)} is private"
+            )
+            raise RecycleCallbackError(
+                f"the merge would be pushed private ({why}) but '{push.repo}' exists and is public, and a push never "
+                f"changes a repo's visibility: push to a new or private repo (push_to='org/name'), make '{push.repo}' "
+                "private on the Hub, or pass private=False to publish the merge"
+            )
+
     # --- the pool ---------------------------------------------------------------------------
 
     def _pick_up_existing(self, args: Any, step: int) -> None:
@@ -439,19 +529,43 @@ class RecycleCallback(TrainerCallback):
 
     # --- recycling --------------------------------------------------------------------------
 
-    def _recycle(self, specs: list[str], out: Path) -> dict[str, Any]:
-        """Run the recipe's pipeline over ``specs`` into ``out``; return the content of ``results.json``."""
+    def _recycle(
+        self, specs: list[str], out: Path, args: Any, pool: list[RecordedCheckpoint]
+    ) -> dict[str, Any]:
+        """Run the recipe's pipeline over ``specs`` into ``out``; return the content of ``results.json``.
+
+        The pushed folder names each checkpoint the Trainer pushed by its Hub commit (its local
+        folder is read), and any other local path relative to ``output_dir``.
+        """
         from hf_recycle.pipeline import run
+        from hf_recycle.portable import PortableNames
         from hf_recycle.recipe import OutputSpec
 
-        recipe = self.recipe.model_copy(
+        recipe = self._push_recipe(args).model_copy(
             update={
                 "checkpoints": specs,
                 "output": OutputSpec(dir=str(out), max_shard_size=self.recipe.output.max_shard_size),
             }
         )
+        on_hub = {
+            str(folder): record.hub_spec
+            for record in pool
+            if record.hub_spec
+            for folder in (record.path, record.kept)
+            if folder is not None
+        }
+        names = PortableNames((_absolute_output_dir(args), self.base_dir), on_hub)
         logger.info("RecycleCallback: recycling %d checkpoints into %s", len(specs), out)
-        return run(recipe, push=self.push, output_dir=out, base_dir=self.base_dir, device=self.device).results
+        result = run(
+            recipe,
+            push=self.push,
+            output_dir=out,
+            base_dir=self.base_dir,
+            device=self.device,
+            token=self._token(args),
+            names=names,
+        )
+        return result.results
 
     def _log_scores(self, state: Any, results: dict[str, Any]) -> None:
         """Send the scores through the Trainer's log, so every reporter (TensorBoard, W&B...) gets them."""

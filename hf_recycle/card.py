@@ -1,9 +1,10 @@
 """Model cards of merged models, rendered from the Jinja templates in ``hf_recycle/model_cards/``.
 
 :func:`build_card` turns a search's ``results.json`` content, the recipe and the pins into a
-:class:`huggingface_hub.ModelCard` whose metadata the Hub understands (``base_model``,
-``base_model_relation: merge``, ``tags``, ``library_name``, ``license`` when every source
-has the same one, and a ``model-index`` with the held-out scores) and whose body says how
+:class:`huggingface_hub.ModelCard` whose metadata the Hub understands (``base_model`` and
+``base_model_relation: merge`` when a source is on the Hub, ``tags``, ``library_name``,
+``license`` when every source has the same one, and a ``model-index`` with the held-out
+scores) and whose body says how
 the model was made: the sources with their commit shas and weights, the merge method and
 search settings, the held-out results against the baselines with a confidence interval,
 the plots, the exact recipe and command, the library versions and the paper to cite.
@@ -139,9 +140,10 @@ def card_metadata(
                 metric_value=float(value),
             )
         )
+    base_model = _source_repo_ids(results, base, method) or None
     return ModelCardData(
-        base_model=_source_repo_ids(results, base, method) or None,
-        base_model_relation="merge",
+        base_model=base_model,
+        base_model_relation="merge" if base_model else None,  # the relation of this model to base_model
         tags=["merge", "hf-recycle", method],
         library_name="transformers",
         license=agreed_license(licenses),
@@ -297,6 +299,8 @@ def build_card(
         "base": _source_row(base.to_json() | {"spec": base.spec}, None) | {"label": base.display}
         if base is not None
         else None,
+        "any_local": any(pin.get("repo_id") is None for pin in results["checkpoints"])
+        or (base is not None and base.is_local),
         "layer_weights": layer_weights,
         "method": {
             "name": method.name,

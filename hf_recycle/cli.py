@@ -4,23 +4,40 @@ Each subcommand lives in ``hf_recycle/commands/<name>.py`` and exposes
 ``register(subparsers)``, which declares its options (importing nothing heavy), and
 the function it sets as ``func``, which calls the library. User errors
 (:class:`~hf_recycle.errors.HfRecycleError`) are printed as one paragraph without a
-traceback and exit with status 1; ``--debug`` shows the traceback.
+traceback and exit with status 1; ``--debug`` shows the traceback. SIGTERM ends a command as
+Ctrl-C does, through an exception, so that partial outputs are removed (status 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
 
 from hf_recycle._version import __version__
 
 #: Exit status when a reader closed stdout early: 128 + SIGPIPE, as a shell reports a process
 #: that SIGPIPE ended (``yes | head`` under ``set -o pipefail``).
 EXIT_BROKEN_PIPE = 141
+
+#: Exit status after SIGTERM (128 + 15, as a shell reports a process that SIGTERM ended).
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM while :func:`main` runs.
+
+    A :class:`KeyboardInterrupt`, so that whatever cleans up after Ctrl-C (a merge's partial
+    folder, a trial's state) cleans up after SIGTERM too, and ``except Exception`` lets it pass.
+    """
+
 
 # Subcommands in the order ``--help`` lists them.
 COMMANDS = ["resolve", "merge", "score", "search", "run", "push", "validate", "hub"]
@@ -94,18 +111,44 @@ def main(argv: list[str] | None = None) -> int:
 
     A reader that closes stdout early (``hf-recycle push --dry-run | head``) ends the command
     quietly with status 141, as a process killed by SIGPIPE: no traceback, no error message.
+    SIGTERM (in the main thread) ends it like Ctrl-C, with status 143.
     """
-    try:
+    with _sigterm_raises():
         try:
-            status = _main(argv)
-        except SystemExit:  # argparse's --help, --version and usage errors
-            sys.stdout.flush()
-            raise
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
-        return status
-    except BrokenPipeError:
-        _discard_stdout()
-        return EXIT_BROKEN_PIPE
+            try:
+                status = _main(argv)
+            except SystemExit:  # argparse's --help, --version and usage errors
+                sys.stdout.flush()
+                raise
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            return status
+        except BrokenPipeError:
+            _discard_stdout()
+            return EXIT_BROKEN_PIPE
+        except Terminated:
+            print("terminated (SIGTERM)", file=sys.stderr)
+            return EXIT_TERMINATED
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the block; the previous handler comes back after.
+
+    Only the main thread can set signal handlers; elsewhere (``main`` called from a worker
+    thread) SIGTERM keeps whatever handler it has.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _discard_stdout() -> None:
@@ -123,7 +166,7 @@ def _discard_stdout() -> None:
 
 
 def _main(argv: list[str] | None) -> int:
-    from hf_recycle.errors import HfRecycleError
+    from hf_recycle.errors import DiskFullError, HfRecycleError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -138,9 +181,21 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(_format_error(exc), file=sys.stderr)
         return 1
+    except Terminated:  # reported by main
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from hf_recycle.outputs import is_disk_full
+
+        if args.debug or not is_disk_full(exc):
+            raise
+        # a write that no stage wrapped: still one paragraph, not a traceback
+        where = f" while writing '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        message = f"no space left on the disk{where}: free some space and run again"
+        print(_format_error(DiskFullError(message)), file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -8,6 +8,9 @@ field) and what to do about it; the command line prints them without a traceback
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class HfRecycleError(Exception):
     """Root of every error raised on purpose by hf-recycle."""
@@ -56,6 +59,26 @@ class OutputExistsError(HfRecycleError, FileExistsError):
     """The output folder exists and ``overwrite`` was not given."""
 
 
+class DiskFullError(HfRecycleError, OSError):
+    """A disk has no room for an output (or a download): refused up front, or a write hit ``ENOSPC``.
+
+    Whatever was partly written is removed before it is raised; ``errno`` is ``ENOSPC``, and
+    ``folder``, ``needed`` and ``free`` (bytes; ``needed`` is ``None`` when unknown) say where
+    and how much. Example: ``not enough disk space for the merge into 'out/merged': it needs
+    2.40 GB and the disk of 'out' has 1.05 GB free; nothing was written: free some space or
+    choose another output folder``.
+    """
+
+    def __init__(
+        self, message: str, *, folder: Path | None = None, needed: int | None = None, free: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+        self.folder = folder
+        self.needed = needed
+        self.free = free
+
+
 # --- Hub ----------------------------------------------------------------------------------
 
 
@@ -77,6 +100,15 @@ class HubAuthError(HfRecycleError, PermissionError):
 
 class HubPushError(HfRecycleError, RuntimeError):
     """An upload to the Hub failed; the local output is left intact."""
+
+
+class LocalHubConfigError(HfRecycleError, ValueError):
+    """The local Hub server (``hf-recycle hub serve``, ``LocalHub``) cannot start as asked.
+
+    Example: ``refusing to serve the local Hub on '0.0.0.0': it is not a loopback address
+    (127.0.0.1, ::1, localhost), so other machines could reach it; use --host 127.0.0.1, or
+    pass --allow-remote to share it on purpose``.
+    """
 
 
 # --- recipes, scoring, search -------------------------------------------------------------

@@ -12,12 +12,18 @@ Layout of ``output.dir`` (``outputs/<name>`` by default)::
 
 Every model folder holds the weights (safetensors shards), ``config.json``, the tokenizer,
 ``merge_config.json``, ``checkpoints.lock.json``, ``README.md`` (the model card),
-``results.json``, ``results.md``, ``plots/`` and ``recipe.yaml`` (the exact recipe).
-Re-running resumes the study, skips a final merge already on disk and re-renders the card.
+``results.json``, ``results.md``, ``plots/`` and ``recipe.yaml`` (the exact recipe). A model
+folder is what gets pushed: it names local things by :class:`~hf_recycle.portable.PortableNames`
+(no absolute path of this machine). Re-running resumes the study, skips a final merge already on
+disk and re-renders the card.
+
+A push creates the repo private when ``push.private`` says so, or, when unset, when a source
+checkpoint's repo is private; a push into an existing repo never changes its visibility.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import shutil
@@ -25,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_recycle.errors import RecipeError
+from hf_recycle.errors import HfRecycleError, RecipeError
 from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.portable import PortableNames
 
 logger = logging.getLogger(__name__)
 
@@ -98,23 +105,30 @@ class RunResult:
     pushes: list[Any] = field(default_factory=list)
 
 
-def _load(recipe: Any, base_dir: str | Path | None = None) -> tuple[Any, str, Path, str]:
+def _load(
+    recipe: Any, base_dir: str | Path | None = None, trials: int | None = None
+) -> tuple[Any, str, Path, str]:
     """``(recipe, exact text, base dir, display path)`` of a path or a Recipe object.
 
     The base dir is ``base_dir`` when given, else the recipe file's folder, else the
-    current folder (as in :func:`hf_recycle.search.api.prepare`).
+    current folder (as in :func:`hf_recycle.search.api.prepare`). A file is checked with
+    :func:`hf_recycle.preflight.load_recipe`: every problem at once, before anything runs.
     """
-    from hf_recycle.recipe import Recipe
+    from hf_recycle.preflight import load_recipe
 
     if isinstance(recipe, str | Path):
         path = Path(recipe)
-        parsed = Recipe.from_yaml(path)
         base = Path(base_dir) if base_dir else path.resolve().parent
+        parsed = load_recipe(path, base_dir=base, trials=trials)
         return parsed, path.read_text(encoding="utf-8"), base, str(path)
+    return recipe, _dump(recipe), Path(base_dir) if base_dir else Path.cwd(), RECIPE_FILENAME
+
+
+def _dump(recipe: Any) -> str:
+    """A Recipe object as recipe YAML."""
     import yaml
 
-    text = yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
-    return recipe, text, Path(base_dir) if base_dir else Path.cwd(), RECIPE_FILENAME
+    return yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
 
 
 def _command(path: str, *, push: bool, trials: int | None, storage: str | None, endpoint: str | None) -> str:
@@ -196,13 +210,15 @@ def plan(
 ) -> RunPlan:
     """Resolve the recipe's pins and describe the run, without downloading or computing anything."""
     from hf_recycle.hub.resolve import resolve
+    from hf_recycle.preflight import check_resolved
     from hf_recycle.search.study import default_storage_url, redact_url
 
-    recipe, _, _, _ = _load(recipe)
+    recipe, _, _, _ = _load(recipe, trials=trials)
     endpoint = endpoint or recipe.endpoint
     out = Path(output_dir) if output_dir else recipe.output_dir
     _check_push(recipe, push)
     pins = resolve(recipe.checkpoints, endpoint=endpoint, token=token) if recipe.checkpoints else []
+    check_resolved(recipe, len(pins), trials=trials)
     return RunPlan(
         name=recipe.name,
         pins=tuple(pins),
@@ -231,6 +247,7 @@ def run(
     base_dir: str | Path | None = None,
     device: str | None = None,
     progress: bool = False,
+    names: PortableNames | None = None,
 ) -> RunResult | RunPlan:
     """Run a recipe end to end: search, final merge, model card, lock file, push.
 
@@ -247,6 +264,8 @@ def run(
             (default: the recipe file's folder; the current folder for a Recipe object).
         device: Where the search's live model runs (default: ``merge.device``).
         progress: Show a progress bar during the search.
+        names: How the model folders name local paths and checkpoints (default: relative to
+            ``base_dir``, else to the current folder).
 
     Returns:
         The :class:`RunPlan` with ``dry_run``, else a :class:`RunResult`.
@@ -266,7 +285,7 @@ def run(
             token=token,
             output_dir=output_dir,
         )
-    parsed, text, base_dir, display = _load(recipe, base_dir)
+    parsed, text, base_dir, display = _load(recipe, base_dir, trials)
     _check_push(parsed, push)  # before the search, not after it
     endpoint = endpoint or parsed.endpoint
     if endpoint != parsed.endpoint:
@@ -282,6 +301,7 @@ def run(
         output_dir=out,
         base_dir=base_dir,
         device=device,
+        token=token,
         progress=progress,
     )
     # The search wrote checkpoints.lock.json next to results.json, with the base its merges
@@ -297,7 +317,22 @@ def run(
     else:
         entries = [(out / MODEL_DIRNAME, results["winner"], None)]
 
-    command = _command(display, push=push, trials=trials, storage=storage, endpoint=endpoint)
+    names = names or PortableNames((base_dir, Path.cwd()))
+    published = _Published(
+        recipe=names.recipe(parsed),
+        text=names.recipe_text(text, parsed) if display != RECIPE_FILENAME else _dump(names.recipe(parsed)),
+        command=_command(
+            names.path(display),
+            push=push,
+            trials=trials,
+            storage=names.storage(storage),
+            endpoint=endpoint,
+        ),
+        results=names.results(results),
+        pins=[names.pin(p) for p in pins],
+        base=names.pin(base) if base else None,
+        names=names,
+    )
     licenses = _source_licenses([*pins, *([base] if base else [])], endpoint, token)
     repo_id = parsed.push.repo if parsed.push else None
     model_dirs = []
@@ -310,8 +345,7 @@ def run(
             parsed,
             pins,
             base,
-            text,
-            command,
+            published,
             repo_id,
             licenses,
             out,
@@ -321,8 +355,21 @@ def run(
         model_dirs.append(folder)
     result = RunResult(output_dir=out, results=results, model_dirs=model_dirs)
     if push:
-        result.pushes = _push_all(parsed, entries, endpoint, token)
+        result.pushes = _push_all(parsed, entries, published, endpoint, token)
     return result
+
+
+@dataclass(frozen=True)
+class _Published:
+    """What a model folder says about the run, with local things named by ``names`` (it is pushed)."""
+
+    recipe: Any
+    text: str
+    command: str
+    results: dict[str, Any]
+    pins: list[PinnedCheckpoint]
+    base: PinnedCheckpoint | None
+    names: PortableNames
 
 
 def _finish_model_folder(
@@ -333,17 +380,22 @@ def _finish_model_folder(
     recipe: Any,
     pins: list[PinnedCheckpoint],
     base: PinnedCheckpoint | None,
-    text: str,
-    command: str,
+    published: _Published,
     repo_id: str | None,
     licenses: dict[str, str | None],
     out: Path,
     endpoint: str | None,
     token: str | bool | None,
 ) -> None:
-    """Merge one entry into ``folder`` and write its lock file, results, recipe and model card."""
+    """Merge one entry into ``folder`` and write its lock file, results, recipe and model card.
+
+    Everything but the weights names local things portably (the folder is what gets pushed).
+    """
     from hf_recycle.card import build_card, write_card
     from hf_recycle.final_merge import merge_entry
+    from hf_recycle.hub.lock import write_lock
+    from hf_recycle.merge.engine import MERGE_CONFIG_FILE
+    from hf_recycle.search.report import write_results
 
     merge_entry(
         entry,
@@ -358,20 +410,25 @@ def _finish_model_folder(
         endpoint=endpoint,
         token=token,
     )
-    # merge_entry's merge() wrote checkpoints.lock.json for these pins and the base
-    for name in ("results.json", "results.md"):
-        if (out / name).is_file():
-            shutil.copyfile(out / name, folder / name)
+    # merge() wrote checkpoints.lock.json and merge_config.json with this machine's paths
+    write_lock(published.pins, folder, base=published.base)
+    config = folder / MERGE_CONFIG_FILE
+    if config.is_file():
+        data = published.names.merge_config(json.loads(config.read_text(encoding="utf-8")), pins, base)
+        config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_results(folder, published.results)
     if (out / "plots").is_dir():
         shutil.copytree(out / "plots", folder / "plots", dirs_exist_ok=True)
-    (folder / RECIPE_FILENAME).write_text(text, encoding="utf-8")
+        if any(pin.is_local for pin in pins):  # the search's plot labels them by their local paths
+            _relabel_weights_plot(folder, published)
+    (folder / RECIPE_FILENAME).write_text(published.text, encoding="utf-8")
     name = repo_id if member is None or repo_id is None else f"{repo_id} (trial {entry['trial']})"
     card = build_card(
-        results,
-        recipe,
-        recipe_text=text,
-        command=command,
-        base=base,
+        published.results,
+        published.recipe,
+        recipe_text=published.text,
+        command=published.command,
+        base=published.base,
         member=member,
         repo_id=name,
         licenses=licenses,
@@ -380,12 +437,54 @@ def _finish_model_folder(
     logger.info("wrote %s", folder)
 
 
+def _relabel_weights_plot(folder: Path, published: _Published) -> None:
+    """Redraw ``plots/weights.png`` with the checkpoints' portable names."""
+    from hf_recycle.search import plots
+
+    if "plots/weights.png" not in published.results.get("plots", []):
+        return
+    winner = published.results["winner"]
+    labels = [f"{i}: {pin.display}"[:40] for i, pin in enumerate(published.pins)]  # as the search labels them
+    plots.plot_weights(
+        labels, winner["weights"], winner.get("layer_weights"), folder / "plots" / "weights.png"
+    )
+
+
+def _push_private(recipe: Any, published: _Published, endpoint: str | None, token: str | bool | None) -> bool:
+    """``push.private`` when set, else whether a source checkpoint's repo (or the base's) is private."""
+    from hf_recycle.hub.push import repo_visibility
+
+    if recipe.push.private is not None:
+        return recipe.push.private
+    repos = [p.repo_id for p in [*published.pins, published.base] if p is not None and p.repo_id]
+    private = []
+    for repo_id in dict.fromkeys(repos):
+        try:
+            visible = repo_visibility(repo_id, endpoint=endpoint, token=token)
+        except HfRecycleError as exc:  # unknown: keep the merge private
+            logger.warning("cannot read the visibility of source repo %s (%s): pushing private", repo_id, exc)
+            visible = "private"
+        if visible != "public":  # None: not visible with this token
+            private.append(repo_id)
+    if private:
+        logger.info(
+            "pushing private: source repo(s) %s are private (push.private: false publishes)",
+            ", ".join(private),
+        )
+    return bool(private)
+
+
 def _push_all(
-    recipe: Any, entries: list[tuple[Path, dict[str, Any], int | None]], endpoint, token
+    recipe: Any,
+    entries: list[tuple[Path, dict[str, Any], int | None]],
+    published: _Published,
+    endpoint,
+    token,
 ) -> list[Any]:
     from hf_recycle.hub.push import push_folder
 
     target = recipe.push
+    private = _push_private(recipe, published, endpoint, token)
     pushes = []
     for i, (folder, entry, member) in enumerate(entries):
         branches = [target.branch] if i == 0 else []
@@ -398,7 +497,7 @@ def _push_all(
                     target.repo,
                     branch=branch,
                     create_pr=target.create_pr,
-                    private=target.private,
+                    private=private,
                     message=target.message,
                     endpoint=endpoint,
                     token=token,

@@ -4,7 +4,10 @@ A recipe is one YAML file that says which checkpoints to recycle, how to merge t
 how to search the merge weights, which tasks score a candidate, where the output
 goes and where it is pushed. The schema is strict (``extra="forbid"``): a typo is an
 error, not a silently ignored key. :meth:`Recipe.from_yaml` reports every problem at
-once, each as ``file:line: field: message``. Config objects do no I/O.
+once, each as ``file:line: field: message``. Config objects do no I/O: what needs the
+files (task data, metrics, local checkpoint folders) is checked by
+:mod:`hf_recycle.preflight`, which ``validate``, ``search`` and ``run`` call before any
+download or model load.
 
 Paths: ``data_files`` of a task resolve against the recipe file's folder; ``output.dir``
 resolves against the current working directory (like every command-line path).
@@ -14,14 +17,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -34,13 +39,15 @@ from hf_recycle.score.tasks import TaskSpec
 MergeMethodName = Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
 TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 SamplerName = Literal["cmaes", "tpe", "gp", "random", "nsga2"]
+# Samplers that optimize one objective only (Optuna's CmaEsSampler refuses a multi-objective
+# study); tests/test_preflight.py checks this against Optuna for every sampler.
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 BaselineName = Literal["uniform", "best_single", "greedy_soup"]
 _GRANULARITY_RE = re.compile(r"^(model|layers:[1-9]\d*)$")
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# datasets' split syntax: name, name[a:b], name[a%:b%], optional rounding, parts joined by +
-_SPLIT_PART = r"[A-Za-z0-9_][\w.-]*(\[\s*-?\d*%?\s*:\s*-?\d*%?\s*\](\((closest|pct1_dropremainder)\))?)?"
-_SPLIT_RE = re.compile(rf"^\s*{_SPLIT_PART}(\s*\+\s*{_SPLIT_PART})*\s*$")
+_PLAIN_SPLIT_RE = re.compile(r"^\w+$")  # a bare split name: valid without asking datasets
 _SKIP_CROSS_FIELDS = "hf_recycle_skip_cross_fields"
+Problem = tuple[tuple[Any, ...], str]  # (location in the recipe data, message)
 
 
 def _spec(value: str) -> str:
@@ -102,7 +109,15 @@ class OutputSpec(_Strict):
     """Where results and the merged model are written."""
 
     dir: str | None = None
-    max_shard_size: str = "5GB"
+    max_shard_size: str | int = "5GB"
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, value: str | int) -> str | int:
+        from hf_recycle.units import parse_size
+
+        parse_size(value)  # raises MergeConfigError (a ValueError) naming the accepted units
+        return value
 
 
 class PushSpec(_Strict):
@@ -110,7 +125,7 @@ class PushSpec(_Strict):
 
     repo: str
     branch: str = "main"
-    private: bool = False
+    private: bool | None = None  # None: private when a source repo (or the Trainer's repo) is private
     create_pr: bool = False
     message: str | None = None
 
@@ -134,6 +149,13 @@ class Recipe(_Strict):
     tasks: list[TaskSpec] = Field(default_factory=list)
     output: OutputSpec = Field(default_factory=OutputSpec)
     push: PushSpec | None = None
+    # (source, text) of the YAML it was read from, for file:line in later checks; not part of the value
+    _origin: tuple[str, str] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # lists inside: never hashable
 
     @field_validator("endpoint")
     @classmethod
@@ -148,7 +170,7 @@ class Recipe(_Strict):
             return self  # from_text checks them on the raw data, with their lines
         problems = cross_field_problems(self.model_dump(by_alias=True))
         if problems:
-            raise ValueError("; ".join(f"{_field_name(loc)}: {msg}" for loc, msg in problems))
+            raise ValueError("; ".join(f"{field_name(loc)}: {msg}" for loc, msg in problems))
         return self
 
     # --- loading ------------------------------------------------------------------------
@@ -170,34 +192,104 @@ class Recipe(_Strict):
     @classmethod
     def from_text(cls, text: str, source: str = "<recipe>") -> Recipe:
         """Validate recipe YAML ``text``; ``source`` names it in messages."""
-        import yaml
-
-        try:
-            node = yaml.compose(text)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f"{mark.line + 1}" if mark else "1"
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise RecipeError(f"{source}:{line}: not valid YAML: {problem}") from None
-        if not isinstance(data, dict):
-            raise RecipeError(f"{source}:1: a recipe is a mapping of keys (name, checkpoints, tasks, ...)")
-        problems: list[tuple[tuple[Any, ...], str]] = []
-        recipe = None
-        try:
-            recipe = cls.model_validate(data, context={_SKIP_CROSS_FIELDS: True})
-        except ValidationError as exc:
-            problems += validation_problems(exc, data)
-        problems += cross_field_problems(data)
-        if problems:
-            raise RecipeError(format_problems(problems, node, source))
-        assert recipe is not None
-        return recipe
+        parsed = parse_recipe(text, source)
+        if parsed.problems:
+            raise RecipeError(parsed.format(parsed.problems))
+        assert parsed.recipe is not None
+        return parsed.recipe
 
     @property
     def output_dir(self) -> Path:
         """``output.dir``, or ``outputs/<name>`` when unset."""
         return Path(self.output.dir or f"outputs/{self.name}")
+
+    @property
+    def origin(self) -> ParsedRecipe | None:
+        """The YAML this recipe was read from (its lines locate later problems); None if built in Python."""
+        if self._origin is None:
+            return None
+        import yaml
+
+        source, text = self._origin
+        return ParsedRecipe(source, yaml.compose(text), yaml.safe_load(text), self, [])
+
+
+@dataclass(frozen=True)
+class ParsedRecipe:
+    """A recipe's YAML and what the schema says of it.
+
+    Attributes:
+        source: The file name used in messages.
+        node: The composed YAML node tree (it gives each location its line).
+        data: The raw mapping.
+        recipe: The validated recipe, or None when ``problems`` is not empty.
+        problems: Every schema problem as ``(location, message)``.
+    """
+
+    source: str
+    node: Any
+    data: dict[str, Any]
+    recipe: Recipe | None
+    problems: list[Problem]
+
+    def format(self, problems: list[Problem]) -> str:
+        """``problems`` as ``source:line: field: message``, one per line, in file order."""
+        return format_problems(problems, self.node, self.source)
+
+    def locate(self, loc: tuple[Any, ...]) -> str:
+        """``source:line: field`` of ``loc``."""
+        return f"{self.source}:{_line_of(self.node, loc)}: {field_name(loc)}"
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> ParsedRecipe:
+    """Parse and validate recipe YAML ``text``, collecting every schema problem (nothing is raised for them).
+
+    Raises:
+        RecipeError: The text is not YAML, or not a mapping.
+    """
+    import yaml
+
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark else "1"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{source}:{line}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}:1: a recipe is a mapping of keys (name, checkpoints, tasks, ...)")
+    problems: list[Problem] = []
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data, context={_SKIP_CROSS_FIELDS: True})
+    except ValidationError as exc:
+        problems += validation_problems(exc, data)
+    problems += cross_field_problems(data) + _file_problems(data)
+    if problems:
+        recipe = None
+    elif recipe is not None:
+        recipe._origin = (source, text)
+    return ParsedRecipe(source, node, data, recipe, problems)
+
+
+def _file_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """What a recipe file must hold, though a Recipe built in Python (with injected scorers) may not."""
+    problems: list[Problem] = []
+    tasks = data.get("tasks")
+    if tasks is None or tasks == []:
+        problems.append(
+            (("tasks",), "no tasks: add at least one task that scores candidates (see the task schema)")
+        )
+    if data.get("checkpoints") == []:
+        problems.append(
+            (
+                ("checkpoints",),
+                "the list is empty: list the checkpoint specs to merge (at least 2, or a glob such as "
+                "org/run@step-*), or drop the key when a Trainer callback supplies them",
+            )
+        )
+    return problems
 
 
 def _line_of(node: Any, loc: tuple[Any, ...]) -> int:
@@ -222,7 +314,7 @@ def _line_of(node: Any, loc: tuple[Any, ...]) -> int:
     return line
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
+def field_name(loc: tuple[Any, ...]) -> str:
     """``("tasks", 0, "prompt")`` -> ``tasks[0].prompt``."""
     text = ""
     for part in loc:
@@ -251,7 +343,7 @@ def _is_type_tag(part: str) -> bool:
     return "[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none")
 
 
-def validation_problems(exc: ValidationError, data: Any) -> list[tuple[tuple[Any, ...], str]]:
+def validation_problems(exc: ValidationError, data: Any) -> list[Problem]:
     """Every pydantic error as ``(location in data, message)``; union alternatives merged into one."""
     merged: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors():
@@ -272,14 +364,31 @@ def validation_problems(exc: ValidationError, data: Any) -> list[tuple[tuple[Any
     ]
 
 
-def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+def split_error(split: str) -> str | None:
+    """Why datasets cannot parse split expression ``split``, or None when it can.
+
+    Uses datasets' own parser (what ``load_dataset(split=...)`` runs), offline and
+    without loading anything; a bare name like ``train`` does not import datasets.
+    """
+    if _PLAIN_SPLIT_RE.match(split):
+        return None
+    from datasets import ReadInstruction
+
+    try:
+        ReadInstruction.from_spec(split)
+    except (ValueError, TypeError, AssertionError) as exc:
+        return str(exc).strip() or type(exc).__name__
+    return None
+
+
+def cross_field_problems(data: Mapping[str, Any]) -> list[Problem]:
     """Checks that span fields, on raw recipe data (tolerant of wrong types elsewhere).
 
-    A task-vector method needs ``base``; ``pareto`` needs at least 2 tasks; task names are
-    unique; splits follow datasets' syntax (``train``, ``train[:64]``, ``train[10%:]``,
-    ``a+b``).
+    A task-vector method needs ``base``; ``pareto`` needs at least 2 tasks and a
+    multi-objective sampler; task names are unique; splits parse with datasets' split
+    syntax (``train``, ``train[:64]``, ``train[10%:]``, ``a+b``).
     """
-    problems: list[tuple[tuple[Any, ...], str]] = []
+    problems: list[Problem] = []
     merge = data.get("merge") if isinstance(data.get("merge"), Mapping) else {}
     search = data.get("search") if isinstance(data.get("search"), Mapping) else {}
     tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
@@ -295,6 +404,17 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...],
                 f"'pareto' needs at least 2 tasks (one objective per task), got {len(tasks)}",
             )
         )
+    sampler = search.get("sampler", SearchSpec.model_fields["sampler"].default)
+    if search.get("objective") == "pareto" and sampler in SINGLE_OBJECTIVE_SAMPLERS:
+        multi = ", ".join(s for s in get_args(SamplerName) if s not in SINGLE_OBJECTIVE_SAMPLERS)
+        default = "" if "sampler" in search else " (the default)"
+        problems.append(
+            (
+                ("search", "sampler"),
+                f"sampler '{sampler}'{default} optimizes a single objective; objective 'pareto' needs a "
+                f"multi-objective sampler: set search.sampler to one of {multi}",
+            )
+        )
     seen: dict[str, int] = {}
     for i, task in enumerate(tasks):
         if not isinstance(task, Mapping):
@@ -308,20 +428,21 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...],
             seen.setdefault(name, i)
         for key in ("search_split", "test_split"):
             split = task.get(key)
-            if isinstance(split, str) and split.strip() and not _SPLIT_RE.match(split):
+            why = split_error(split) if isinstance(split, str) and split.strip() else None
+            if why:
                 problems.append(
                     (
                         ("tasks", i, key),
-                        f"'{split}' is not a split expression: write a split name with an optional slice, "
-                        "like train, train[:64], train[64:], validation[:10%] or train+validation",
+                        f"'{split}' is not a split expression ({why}): write a split name with an optional "
+                        "slice, like train, train[:64], train[64:], validation[:10%] or train+validation",
                     )
                 )
     return problems
 
 
-def format_problems(problems: list[tuple[tuple[Any, ...], str]], node: Any, source: str) -> str:
+def format_problems(problems: list[Problem], node: Any, source: str) -> str:
     """Render problems as ``source:line: field: message``, one per line, in file order."""
-    rows = sorted(((_line_of(node, loc), _field_name(loc), msg) for loc, msg in problems), key=lambda r: r[0])
+    rows = sorted(((_line_of(node, loc), field_name(loc), msg) for loc, msg in problems), key=lambda r: r[0])
     noun = "problem" if len(rows) == 1 else "problems"
     lines = [f"{source}: {len(rows)} {noun} in the recipe:"]
     lines += [f"{source}:{line}: {field}: {msg}" for line, field, msg in rows]

@@ -10,10 +10,9 @@ from hf_recycle.errors import MergeConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 _SIZE_UNITS = {
     "": 1,
-    "B": 1,
     "KB": 10**3,
     "MB": 10**6,
     "GB": 10**9,
@@ -27,19 +26,36 @@ _SIZE_UNITS = {
     "G": 10**9,
     "T": 10**12,
 }
+SIZE_UNITS_TEXT = "KB, MB, GB, TB, KiB, MiB, GiB, TiB, or a plain byte count"
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 def parse_size(value: str | int, what: str = "max_shard_size") -> int:
-    """Parse ``"5GB"``, ``"500MB"``, ``"2GiB"`` or a plain byte count into bytes."""
+    """Parse ``"5GB"``, ``"500MB"``, ``"2GiB"`` or a plain byte count into bytes.
+
+    A bare ``B`` suffix (``"5B"``) is refused: mergekit reads ``5B`` as five billion
+    parameters, bytes would make it 5 bytes (a shard per tensor).
+
+    Raises:
+        MergeConfigError: Not a size, a bare ``B`` suffix, or not positive.
+    """
+    if isinstance(value, bool):
+        raise MergeConfigError(f"{what} '{value}' is not a size: write it like 5GB, 500MB or 2GiB")
     if isinstance(value, int):
         size = value
     else:
         match = _SIZE_RE.match(str(value))
         unit = match.group(2).upper() if match else None
+        if unit == "B":
+            raise MergeConfigError(
+                f"{what} '{value}' ends in a bare B: mergekit reads 5B as 5 billion parameters, as bytes it "
+                f"would be 5; write the size with a byte unit, e.g. 5GB (accepted: {SIZE_UNITS_TEXT})"
+            )
         if not match or unit not in _SIZE_UNITS:
-            raise MergeConfigError(f"{what} '{value}' is not a size: write it like 5GB, 500MB or 2GiB")
+            raise MergeConfigError(
+                f"{what} '{value}' is not a size: write it like 5GB, 500MB or 2GiB (accepted: {SIZE_UNITS_TEXT})"
+            )
         size = int(float(match.group(1)) * _SIZE_UNITS[unit])
     if size <= 0:
         raise MergeConfigError(f"{what} must be positive, got '{value}'")

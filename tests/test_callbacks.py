@@ -162,7 +162,7 @@ def local_hub(monkeypatch):
     import huggingface_hub.constants as c
     import transformers.utils.hub as transformers_hub
 
-    from hf_recycle.testing.local_hub import LOCAL_TOKEN, LocalHub
+    from hf_recycle.testing.local_hub import LocalHub
 
     with LocalHub() as hub:
         monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
@@ -170,7 +170,7 @@ def local_hub(monkeypatch):
         monkeypatch.setattr(
             c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
         )
-        monkeypatch.setenv("HF_TOKEN", LOCAL_TOKEN)
+        monkeypatch.setenv("HF_TOKEN", hub.token)
         # the Trainer pushes through one HfApi shared by the process, which keeps the endpoint it
         # was created with: a fresh one for this server
         monkeypatch.setattr(transformers_hub, "_hf_api", None)
@@ -221,7 +221,7 @@ def _merged_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _assert_recycled(out: Path, trainer, n_pool: int) -> dict:
-    recycled = out / "recycled"
+    recycled = out / "_recycled"
     results = json.loads((recycled / "results.json").read_text())
     assert (recycled / "model" / "README.md").is_file()
     assert (recycled / "model" / "results.json").is_file()
@@ -247,9 +247,9 @@ def test_full_run_recycles_checkpoints_and_final_weights(tmp_path, base_dir, cap
     from hf_recycle import RecycleCallback
 
     recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(
-        yaml.safe_dump(_recipe(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True))
-    )
+    data = _recipe(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True)
+    del data["checkpoints"]  # the run supplies them
+    recipe_file.write_text(yaml.safe_dump(data))
     monkeypatch.chdir(base_dir)  # task data paths resolve against the recipe file's folder, not the cwd
     out = tmp_path / "run"
     callback = RecycleCallback(recipe_file, keep_checkpoints=True)
@@ -271,12 +271,12 @@ def test_full_run_recycles_checkpoints_and_final_weights(tmp_path, base_dir, cap
     assert not any("leave the pool" in r.message for r in caplog.records)
 
     results = _assert_recycled(out, trainer, 3)
-    pool = json.loads((out / "recycled/pool.json").read_text())
+    pool = json.loads((out / "_recycled/pool.json").read_text())
     sources = [Path(c["spec"]) for c in pool["checkpoints"]]
     assert [c["name"] for c in pool["checkpoints"]] == ["checkpoint-4", "checkpoint-8", "final"]
     assert sources[0] == out / "_recycle/pool/checkpoint-4"
 
-    merged = _merged_state(out / "recycled")
+    merged = _merged_state(out / "_recycled")
     states = [models.load_state_dict(s) for s in sources]
     w = np.asarray(results["winner"]["weights"])
     assert set(merged) == set(states[0])
@@ -304,7 +304,7 @@ def test_peft_run_recycles_adapter_checkpoints(tmp_path, base_dir):
 
     # merged = base + Σ wᵢ ΔWᵢ, ΔWᵢ from peft's own merge of each adapter checkpoint
     w = results["winner"]["weights"]
-    merged = _merged_state(out / "recycled")
+    merged = _merged_state(out / "_recycled")
     base = models.load_state_dict(base_dir)
     expected = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in base.items()}
     for wi, step in zip(w, (4, 8), strict=True):
@@ -338,7 +338,7 @@ def test_fewer_than_two_checkpoints_warns_and_does_nothing(tmp_path, base_dir, c
     assert any("save_total_limit=1" in m and "keep_checkpoints=True" in m for m in messages)
     assert any("leave the pool: checkpoint-4" in m for m in messages)
     assert any("needs at least 2: nothing recycled" in m for m in messages)
-    assert not (out / "recycled/results.json").exists()
+    assert not (out / "_recycled/results.json").exists()
     assert callback.results is None
     assert not any("recycle/search/mean" in e for e in trainer.state.log_history)
 
@@ -393,7 +393,7 @@ def test_only_the_main_process_records(tmp_path, base_dir):
     callback.on_train_begin(args, other, TrainerControl())  # no tokenizer check off the main process
     callback.on_save(args, other, TrainerControl())
     callback.on_train_end(args, other, TrainerControl())
-    assert callback.checkpoints == [] and not (out / "recycled").exists()
+    assert callback.checkpoints == [] and not (out / "_recycled").exists()
 
     main = TrainerState(global_step=3, is_world_process_zero=True)
     callback.on_save(args, main, TrainerControl())
@@ -500,7 +500,7 @@ def test_hub_every_save_recycles_rotated_checkpoints_from_their_commits(
     sources.append(models.load_state_dict(out / "checkpoint-12"))
     assert not all(torch.equal(sources[0][k], sources[1][k]) for k in sources[0])  # training moved them
 
-    merged = _merged_state(out / "recycled")
+    merged = _merged_state(out / "_recycled")
     w = results["winner"]["weights"]
     assert set(merged) == set(sources[0])
     for key, value in merged.items():

@@ -314,3 +314,29 @@ def test_pareto_member_card_lists_its_own_comparisons():
     # member #0 has only the comparison against the chosen baseline (older results.json)
     text = _card(results, member=0).text
     assert list(_paragraphs(text, "Pareto member #0")) == ["greedy soup"]
+
+
+def test_no_base_model_relation_without_a_base_model(tmp_path):
+    """A pool of local folders has no base_model: the card then names no relation to one."""
+    from huggingface_hub import ModelCard
+
+    results = _results()
+    results["checkpoints"] = [
+        {"spec": f"./checkpoint-{n}", "repo_id": None, "kind": "full", "path": f"./checkpoint-{n}"}
+        for n in (2, 4, 6)
+    ]
+    recipe = Recipe.from_text(RECIPE.replace("merge: {method: task_arithmetic, lambda: 0.8}", "merge: {}"))
+    results["merge"] = {"method": "linear", "normalize": True, "density": None, "seed": 0}
+    card = build_card(results, recipe, recipe_text=RECIPE, command="hf-recycle run recipe.yaml")
+    data = ModelCard.load(write_card(tmp_path, card)).data
+    assert data.base_model is None
+    assert "base_model_relation" not in data.to_dict()
+    assert data.tags == ["merge", "hf-recycle", "linear"]
+    assert (
+        "| 0 | `./checkpoint-2` (local) |" in card.text
+        and "A source marked (local) was a folder" in card.text
+    )
+    # with a Hub source the relation is there (and no note about local sources)
+    hub_card = _card()
+    assert hub_card.data.base_model == ["demo/tiny-lm"] and hub_card.data["base_model_relation"] == "merge"
+    assert "(local)" not in hub_card.text

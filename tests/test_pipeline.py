@@ -94,6 +94,7 @@ def hub(served, monkeypatch):
 
     server, shas = served
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", server.token)  # pushes need the server's token
     monkeypatch.setattr(c, "ENDPOINT", server.endpoint)
     monkeypatch.setattr(
         c, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
@@ -147,7 +148,9 @@ def test_run_push_and_verify_against_the_pinned_checkpoints(hub, tmp_path, capsy
     assert held_out == {t: results["winner"]["test"][t] for t in ("addition", "reversal")}
     for step in STEPS:
         assert shas[step] in card.text and f"`{step}`" in card.text
-    assert f"hf-recycle run {recipe} --endpoint {server.endpoint} --push" in card.text
+    # named relative to the recipe's folder: nothing pushed holds an absolute local path
+    assert f"hf-recycle run {recipe.name} --endpoint {server.endpoint} --push" in card.text
+    assert str(tmp_path) not in card.text
     assert "name: recycled" in card.text
 
     # the lock file: every pin with its revision name and commit
@@ -237,7 +240,7 @@ def test_pareto_members_are_merged_and_pushed_to_their_own_branches(hub, tmp_pat
 
 
 def test_base_dir_resolves_relative_task_data_paths(hub, tmp_path, monkeypatch):
-    from hf_recycle.errors import TaskError
+    from hf_recycle.errors import RecipeError
     from hf_recycle.pipeline import run
     from hf_recycle.recipe import Recipe
 
@@ -254,9 +257,10 @@ def test_base_dir_resolves_relative_task_data_paths(hub, tmp_path, monkeypatch):
     recipe = Recipe.from_yaml(moved)
 
     # by default: the recipe file's folder, or the current folder for a Recipe object; neither has the data
-    for target in (moved, recipe):
-        with pytest.raises(TaskError, match="data not found"):
+    for target in (moved, recipe):  # refused by the preflight checks, before anything is downloaded
+        with pytest.raises(RecipeError, match="based.yaml:.*data file 'data/reversal.jsonl' does not exist"):
             run(target, endpoint=server.endpoint, output_dir=tmp_path / "failed")
+        assert not (tmp_path / "failed").exists()
     # base_dir= points both at the folder that has it
     for i, target in enumerate((moved, recipe)):
         result = run(target, endpoint=server.endpoint, output_dir=tmp_path / f"out-{i}", base_dir=home)

@@ -9,7 +9,7 @@ import pytest
 from hf_recycle.cli import main
 from hf_recycle.errors import HubPushError
 from hf_recycle.hub.push import push_folder
-from hf_recycle.testing.local_hub import LOCAL_TOKEN, LocalHub
+from hf_recycle.testing.local_hub import LocalHub
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,11 @@ def hub_server():
 
 @pytest.fixture
 def hub(hub_server, monkeypatch):
-    """The server, with huggingface_hub online and pointed at it."""
+    """The server, with huggingface_hub online and pointed at it, and its token in HF_TOKEN."""
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
     monkeypatch.setattr(c, "ENDPOINT", hub_server.endpoint)
     monkeypatch.setattr(
         c, "HUGGINGFACE_CO_URL_TEMPLATE", hub_server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
@@ -148,7 +149,7 @@ def test_no_commit_is_read_from_the_branch_not_from_the_client(hub, folder, monk
 
 
 def test_private_repo_uses_the_token_and_never_shows_it(hub, folder, monkeypatch, capsys, caplog):
-    monkeypatch.setenv("HF_TOKEN", LOCAL_TOKEN)
+    monkeypatch.setenv("HF_TOKEN", hub.token)
     with caplog.at_level(logging.DEBUG):
         assert (
             main(
@@ -166,7 +167,7 @@ def test_private_repo_uses_the_token_and_never_shows_it(hub, folder, monkeypatch
             == 0
         )
     out = capsys.readouterr()
-    assert LOCAL_TOKEN not in out.out + out.err + caplog.text
+    assert hub.token not in out.out + out.err + caplog.text
     assert hub.api().model_info("me/private").private
     monkeypatch.delenv("HF_TOKEN")
     # without a token the private repo cannot be written: a typed error that says what to do

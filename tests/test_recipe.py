@@ -107,7 +107,9 @@ def test_cross_field_checks_alone():
     assert _problems(base_missing) == {
         "merge.method": (3, "'dare_ties' works on task vectors and needs a base: add 'base: <spec>'")
     }
-    one_task = GOOD.split("  - name: b")[0].replace("trials: 10}", "trials: 10, objective: pareto}")
+    one_task = GOOD.split("  - name: b")[0].replace(
+        "cmaes, trials: 10}", "nsga2, trials: 10, objective: pareto}"
+    )
     assert list(_problems(one_task)) == ["search.objective"]
     twice = GOOD.replace("  - name: b", "  - name: a")
     assert _problems(twice) == {"tasks[1].name": (13, "task name 'a' is already used by tasks[0]")}
@@ -129,12 +131,101 @@ def test_valid_split_expressions(split):
     Recipe.from_text(GOOD.replace('"train[:8]"', f'"{split}"'))
 
 
-@pytest.mark.parametrize("split", ["train[:64", "train[a:b]", "train[5]", "train++test", "[:5]"])
+@pytest.mark.parametrize(
+    "split",
+    [
+        "train[:64",
+        "train[a:b]",
+        "train[5]",
+        "train++test",
+        "[:5]",
+        # valid for the regex this check used before, refused by datasets' own parser
+        "train[ 1 : 2 ]",
+        " train",
+        "train[:33](pct1_dropremainder)",
+        "train[:200%]",
+        "train[:5](nearest)",
+    ],
+)
 def test_bad_split_expressions(split):
-    assert (
-        "not a split expression"
-        in _problems(GOOD.replace('"train[:8]"', f'"{split}"'))["tasks[0].search_split"][1]
+    """datasets' split parser decides (what load_dataset(split=...) runs), and says why."""
+    message = _problems(GOOD.replace('"train[:8]"', f'"{split}"'))["tasks[0].search_split"][1]
+    assert message.startswith(f"'{split}' is not a split expression (") and "train[:64]" in message
+
+
+def test_a_plain_split_name_does_not_import_datasets():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hf_recycle.recipe import split_error; "
+        "assert split_error('validation') is None; print('datasets' in sys.modules)"
     )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        == "False\n"
+    )
+
+
+def test_pareto_needs_a_multi_objective_sampler():
+    two_tasks = GOOD.replace("cmaes, trials: 10}", "cmaes, trials: 10, objective: pareto}")
+    problems = _problems(two_tasks)
+    assert list(problems) == ["search.sampler"] and problems["search.sampler"][0] == 5
+    assert "sampler 'cmaes' optimizes a single objective" in problems["search.sampler"][1]
+    assert "tpe, gp, random, nsga2" in problems["search.sampler"][1]
+    default = GOOD.replace("{sampler: cmaes, trials: 10}", "{objective: pareto}")
+    assert "sampler 'cmaes' (the default)" in _problems(default)["search.sampler"][1]
+    Recipe.from_text(GOOD.replace("cmaes, trials: 10}", "nsga2, trials: 10, objective: pareto}"))
+
+
+@pytest.mark.parametrize(
+    ("size", "fragment"),
+    [
+        ("5 potatoes", "is not a size"),
+        ("5B", "ends in a bare B"),
+        ("5b", "ends in a bare B"),
+        ("0GB", "positive"),
+    ],
+)
+def test_output_shard_size_is_parsed_by_the_schema(size, fragment):
+    problems = _problems(GOOD + f"output: {{max_shard_size: {size}}}\n")
+    line, message = problems["output.max_shard_size"]
+    assert line == 19 and fragment in message
+    if "bare B" in fragment:  # names the accepted units
+        assert "KB, MB, GB, TB, KiB, MiB, GiB, TiB" in message
+
+
+def test_sizes():
+    from hf_recycle.errors import MergeConfigError
+    from hf_recycle.units import parse_size
+
+    assert [parse_size(s) for s in ("5GB", "500MB", "2GiB", "1.5KiB", "123", "7 kb")] == [
+        5 * 10**9,
+        5 * 10**8,
+        2 * 2**30,
+        1536,
+        123,
+        7000,
+    ]
+    for bad in ("5B", "5 b", "5bytes", "5iB", "GB", "-1GB"):
+        with pytest.raises(MergeConfigError):
+            parse_size(bad)
+    assert Recipe.from_text(GOOD + "output: {max_shard_size: 5000000}\n").output.max_shard_size == 5000000
+
+
+def test_a_recipe_file_needs_tasks_and_a_non_empty_checkpoint_list():
+    no_tasks = GOOD.split("tasks:")[0]
+    assert _problems(no_tasks) == {
+        "tasks": (1, "no tasks: add at least one task that scores candidates (see the task schema)")
+    }
+    assert list(_problems(no_tasks + "tasks: []\n")) == ["tasks"]
+    empty = _problems(GOOD.replace("checkpoints: [org/run@step-*]", "checkpoints: []"))
+    assert list(empty) == ["checkpoints"] and empty["checkpoints"][0] == 2
+    assert (
+        Recipe.from_text(GOOD.replace("checkpoints: [org/run@step-*]\n", "")).checkpoints == []
+    )  # a callback's
+    # a Recipe built in Python may have no tasks: scorers can be given to the search directly
+    assert Recipe.model_validate({"name": "x", "tasks": []}).tasks == []
 
 
 def test_union_errors_are_one_problem_at_the_right_place():
@@ -160,9 +251,11 @@ def test_python_construction_checks_cross_fields_too():
 
 def test_validate_command_reports_each_file(tmp_path, capsys):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
-    good.write_text(GOOD)
+    (tmp_path / "a.jsonl").write_text('{"q": "1+1", "a": "2"}\n')  # validate checks the data files too
+    text = GOOD.replace("data: json", "data: {path: json, data_files: {train: a.jsonl, validation: a.jsonl}}")
+    good.write_text(text)
     bad.write_text(
-        GOOD.replace("sampler: cmaes", "sampler: annealing").replace("kind: loglikelihood", "kind: lm")
+        text.replace("sampler: cmaes", "sampler: annealing").replace("kind: loglikelihood", "kind: lm")
     )
     assert main(["validate", str(good)]) == 0
     assert "ok: " in capsys.readouterr().out
@@ -180,7 +273,11 @@ def test_shipped_recipes_exist():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates_and_names_its_command(path):
-    recipe = Recipe.from_yaml(path)
+    from hf_recycle.preflight import check_file
+
+    report = check_file(path)  # the schema, the data files, metrics and trials: what hf-recycle validate runs
+    assert report.errors == [] and report.warnings == []
+    recipe = report.recipe
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and f"hf-recycle run recipes/{path.name}" in first
     assert recipe.tasks and recipe.checkpoints

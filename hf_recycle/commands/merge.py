@@ -115,7 +115,9 @@ def parse_weights(text: str | None) -> list[float] | None:
 def run(args: argparse.Namespace) -> int:
     """Run the merge described by ``args``."""
     from hf_recycle.merge.engine import merge
+    from hf_recycle.units import parse_size
 
+    parse_size(args.max_shard_size, "--max-shard-size")  # before any resolve or download
     result = merge(
         args.checkpoints,
         args.output,

@@ -13,7 +13,12 @@ examples:
   hf-recycle validate recipes/*.yaml
 
 Every problem is reported at once as file:line: field: message; the exit status is
-non-zero when any recipe is invalid. Nothing is resolved or downloaded.
+non-zero when any recipe is invalid. Besides the schema, the files the recipe names
+are checked: task data files exist and their first row has the fields the templates
+name, splits exist, metrics are bundled, local or cached (a warning when they must be
+downloaded), local checkpoint folders exist, and the trials cover the baselines when
+the number of checkpoints is known without resolving a glob. Nothing is resolved or
+downloaded.
 """
 
 
@@ -21,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = options.add_command(
         sub,
         "validate",
-        help="check recipe files (schema, specs, splits) without downloading",
-        description="Check recipe files against the schema without downloading anything.",
+        help="check recipe files (schema, data files, splits, metrics, trials) without downloading",
+        description="Check recipe files and the files they name without downloading anything.",
         epilog=EPILOG,
     )
     parser.add_argument("recipes", nargs="+", metavar="RECIPE.yaml")
@@ -31,19 +36,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_recycle.errors import HfRecycleError
-    from hf_recycle.recipe import Recipe
+    from hf_recycle.preflight import check_file
 
     failed = 0
     for path in args.recipes:
         try:
-            recipe = Recipe.from_yaml(path)
-        except HfRecycleError as exc:
+            report = check_file(path)
+        except HfRecycleError as exc:  # missing file, not YAML
             failed += 1
             print(str(exc), file=sys.stderr)
             continue
-        print(
-            f"ok: {path} ({recipe.name}: {len(recipe.checkpoints)} checkpoint spec(s), {len(recipe.tasks)} task(s))"
-        )
+        if report.errors:
+            failed += 1
+            print(report.error_text(), file=sys.stderr)
+        for line in report.warning_lines():
+            print(line, file=sys.stderr)
+        if report.recipe is not None and not report.errors:
+            recipe = report.recipe
+            print(
+                f"ok: {path} ({recipe.name}: {len(recipe.checkpoints)} checkpoint spec(s), "
+                f"{len(recipe.tasks)} task(s))"
+            )
     if failed:
         print(f"{failed} of {len(args.recipes)} recipe(s) invalid", file=sys.stderr)
         return 1

@@ -307,7 +307,7 @@ def run_demo(
     from hf_recycle.pipeline import run
     from hf_recycle.recipe import Recipe
     from hf_recycle.score.api import score
-    from hf_recycle.testing.local_hub import LOCAL_TOKEN, LocalHub
+    from hf_recycle.testing.local_hub import LocalHub
 
     out = Path(output_dir)
     recipe = Path(recipe)
@@ -346,7 +346,7 @@ def run_demo(
             push=True,
             trials=trials,
             endpoint=hub.endpoint,
-            token=LOCAL_TOKEN,
+            token=hub.token,
             output_dir=out,
             progress=progress,
         )
@@ -368,7 +368,7 @@ def run_demo(
                 device="cpu",
                 dtype="float32",
                 endpoint=hub.endpoint,
-                token=LOCAL_TOKEN,
+                token=hub.token,
             ).to_json()
             pushed_test = {**report["scores"], "mean": report["mean"]}
             echo(f"      the pushed model, downloaded again, scores {pushed_test['mean']:.3f} held-out")

@@ -102,7 +102,10 @@ def hub_errors(
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            raise HubAuthError(f"the Hub refused access to {where} (HTTP {status}): {_LOGIN_HINT}") from exc
+            why = "" if token_available(token) else " and no token was found"
+            raise HubAuthError(
+                f"the Hub refused access to {where} (HTTP {status}){why}: {_LOGIN_HINT}"
+            ) from exc
         raise HubUnavailableError(f"the Hub failed on {where} (HTTP {status}): retry later") from exc
     except httpx2.TransportError as exc:
         raise HubUnavailableError(

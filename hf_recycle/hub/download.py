@@ -4,6 +4,8 @@ Only configs, tokenizer files and safetensors weights (plus their index) are fet
 pickle weights (``*.bin``, ``*.pt``, ``*.pth``) only when ``allow_pickle=True`` and the
 checkpoint has no safetensors. Files land in the standard cache
 (``models--org--name/snapshots/<sha>/...``), so ``HF_HUB_OFFLINE=1`` works once it is warm.
+A checkpoint that cannot fit on the cache's disk is refused before its download starts, and a
+disk that fills up meanwhile is a :class:`~hf_recycle.errors.DiskFullError`, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from pathlib import Path
 from hf_recycle.errors import CheckpointNotFoundError, PickleRefusedError
 from hf_recycle.hub.files import FolderContents
 from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.outputs import check_free_space, disk_full_errors
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["fetch_checkpoints", "download_checkpoint"]
 
 _LARGE_DOWNLOAD = 50 * 1024**2
+_CACHE_ADVICE = "free some space, or set HF_HUB_CACHE to a folder on a larger disk"
+_CACHE_OUTCOME = "the files fetched before stay in the cache, complete, and no partial file is left"
 
 
 def fetch_checkpoints(
@@ -48,6 +53,7 @@ def fetch_checkpoints(
 
     Raises:
         PickleRefusedError: A checkpoint has only pickle weights and ``allow_pickle`` is false.
+        DiskFullError: The cache's disk cannot hold a checkpoint, or filled up while downloading.
     """
     from hf_recycle.hub.resolve import resolve
 
@@ -91,7 +97,7 @@ def _offline() -> bool:
 
 
 def _download(pin: PinnedCheckpoint, client, cache_dir: str | Path | None, allow_pickle: bool) -> Path:
-    from hf_recycle.hub.cache import repo_folder, write_ref
+    from hf_recycle.hub.cache import cache_root, repo_folder, write_ref
 
     if pin.is_local:
         return Path(pin.local_path or pin.spec)
@@ -125,21 +131,27 @@ def _download(pin: PinnedCheckpoint, client, cache_dir: str | Path | None, allow
     total = sum(sizes.get(n, 0) for n in names)
     log = logger.info if total >= _LARGE_DOWNLOAD else logger.debug
     log("downloading %s: %d files, %.1f MB", pin.display, len(names), total / 1e6)
+    # files of this snapshot already in the cache are not fetched again
+    missing = sum(sizes.get(n, 0) for n in names if not (folder / n).is_file())
+    cache = cache_root(cache_dir)
+    what = f"the download of '{pin.spec}' into the Hub cache"
+    check_free_space(cache, missing, what=what, advice=_CACHE_ADVICE)
 
     from huggingface_hub import hf_hub_download
 
-    for name in names:
-        with client.errors(pin.spec, pin.repo_id, pin.commit):
-            path = hf_hub_download(
-                pin.repo_id,
-                name,
-                subfolder=pin.subfolder,
-                revision=pin.commit,
-                endpoint=client.endpoint,
-                token=client.token,
-                cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-            )
-        logger.debug("fetched %s", path)
+    with disk_full_errors(what, cache, needed=missing, outcome=_CACHE_OUTCOME, advice=_CACHE_ADVICE):
+        for name in names:
+            with client.errors(pin.spec, pin.repo_id, pin.commit):
+                path = hf_hub_download(
+                    pin.repo_id,
+                    name,
+                    subfolder=pin.subfolder,
+                    revision=pin.commit,
+                    endpoint=client.endpoint,
+                    token=client.token,
+                    cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+                )
+            logger.debug("fetched %s", path)
     if pin.revision:
         write_ref(pin.repo_id, pin.revision, pin.commit, cache_dir)
     return folder

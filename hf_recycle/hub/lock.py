@@ -11,6 +11,7 @@ from typing import Any
 
 from hf_recycle.errors import CheckpointFormatError
 from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.outputs import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,7 @@ def write_lock(
         "base": {"spec": base.spec, **base.to_json()} if base is not None else None,
     }
     path = folder / LOCK_FILENAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")  # never half a file, even on a full disk
     logger.debug("wrote %s (%d checkpoints)", path, len(data["checkpoints"]))
     return path
 

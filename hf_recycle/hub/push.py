@@ -19,7 +19,15 @@ from hf_recycle.errors import HfRecycleError, HubPushError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["push_folder", "plan_push", "PushResult", "PushPlan", "IGNORE_PATTERNS", "retry_command"]
+__all__ = [
+    "push_folder",
+    "plan_push",
+    "repo_visibility",
+    "PushResult",
+    "PushPlan",
+    "IGNORE_PATTERNS",
+    "retry_command",
+]
 
 #: Files of an output folder that never go to the Hub (the Optuna study, temporary files).
 IGNORE_PATTERNS = ["*.db", "*.db-journal", "*.db-wal", "*.db-shm", "*.log", "*.tmp", ".*", ".*/**"]
@@ -75,7 +83,11 @@ class PushPlan:
 
 
 def retry_command(
-    folder: str | Path, repo_id: str, branch: str | None = None, create_pr: bool = False
+    folder: str | Path,
+    repo_id: str,
+    branch: str | None = None,
+    create_pr: bool = False,
+    private: bool = False,
 ) -> str:
     """The ``hf-recycle push`` command line that retries a push of ``folder``."""
     parts = ["hf-recycle", "push", "--repo", repo_id, "--from", str(folder)]
@@ -83,7 +95,36 @@ def retry_command(
         parts += ["--branch", branch]
     if create_pr:
         parts.append("--create-pr")
+    if private:
+        parts.append("--private")
     return shlex.join(parts)
+
+
+def repo_visibility(
+    repo_id: str, *, endpoint: str | None = None, token: str | bool | None = None
+) -> str | None:
+    """``"private"`` or ``"public"`` for an existing model repo, ``None`` when it does not exist (or cannot be seen).
+
+    Raises:
+        HubAuthError: The token was refused.
+        HubUnavailableError: The Hub cannot be reached.
+    """
+    from huggingface_hub import HfApi
+
+    from hf_recycle.hub.client import default_endpoint, hub_errors
+
+    endpoint = (endpoint or default_endpoint()).rstrip("/")
+    with hub_errors(repo_id, repo_id, None, endpoint, token):
+        return _visibility(HfApi(endpoint=endpoint, token=token), repo_id)
+
+
+def _visibility(api, repo_id: str) -> str | None:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return "private" if api.repo_info(repo_id).private else "public"
+    except RepositoryNotFoundError:  # missing, or private and not readable with this token
+        return None
 
 
 def _check(folder: str | Path, repo_id: str) -> Path:
@@ -152,7 +193,8 @@ def push_folder(
         repo_id: ``org/name``.
         branch: Branch to commit to (created from ``main`` when missing); default ``main``.
         create_pr: Open a pull request against ``branch`` instead of committing to it.
-        private: Create the repo private (an existing repo keeps its visibility).
+        private: Create the repo private. An existing repo keeps its visibility: a private push
+            into an existing public repo is refused (it would publish the files).
         message: Commit title; default ``Upload <folder name> with hf-recycle``.
         endpoint: Hub endpoint; default huggingface_hub's (``HF_ENDPOINT``).
         token: Hub token; default huggingface_hub's (``HF_TOKEN``, stored login). Never printed.
@@ -163,7 +205,8 @@ def push_folder(
 
     Raises:
         HubPushError: The push failed (no token, refused token, unreachable Hub, bad repo
-            id...). The local folder is left as it was; the message gives the retry command.
+            id, a private push into a public repo...). The local folder is left as it was; the
+            message gives the retry command.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError
@@ -178,7 +221,18 @@ def push_folder(
     head: str | None = None
     try:
         with hub_errors(repo_id, repo_id, branch, endpoint, token):
-            api.create_repo(repo_id, private=private, exist_ok=True)
+            step = "reading the repo's visibility"
+            visibility = _visibility(api, repo_id)
+            if private and visibility == "public":
+                raise _PublicRepo(
+                    f"'{repo_id}' is public and this push is private: pushing would publish the files. Push to a "
+                    f"new or private repo, or make '{repo_id}' private on the Hub first; to publish on purpose, "
+                    "push with private=False (recipe: push.private: false; RecycleCallback(private=False); "
+                    "hf-recycle push without --private)"
+                )
+            step = "creating the repo"
+            if visibility is None:
+                api.create_repo(repo_id, private=private, exist_ok=True)
             if branch != "main":
                 step = f"creating the branch '{branch}'"
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
@@ -207,12 +261,14 @@ def push_folder(
                 if head is None:
                     raise HubPushError(f"branch '{branch}' of '{repo_id}' does not exist after the push")
                 created = head != before
+    except _PublicRepo as exc:
+        raise HubPushError(f"not pushing '{plan.folder}': {exc}") from None
     except (HfRecycleError, HFValidationError, OSError, ValueError) as exc:
         detail = _server_message(exc)
         raise HubPushError(
             f"pushing '{plan.folder}' to '{repo_id}' (branch {branch}) on {endpoint} failed while {step}: "
             f"{exc}{detail}. The local folder is intact; retry with: "
-            f"{retry_command(plan.folder, repo_id, branch, create_pr)}"
+            f"{retry_command(plan.folder, repo_id, branch, create_pr, private)}"
         ) from exc
     result = PushResult(
         repo_id=repo_id,
@@ -230,6 +286,10 @@ def push_folder(
             branch, repo_id, head,
         )  # fmt: skip
     return result
+
+
+class _PublicRepo(Exception):
+    """A private push into an existing public repo (refused before any upload)."""
 
 
 def _branch_head(api, repo_id: str, branch: str) -> str | None:

@@ -8,19 +8,17 @@ time on every core, with reused float32 buffers, writing each block straight int
 place in the output shards (:mod:`hf_recycle.merge.writer`). Memory holds a few blocks
 per checkpoint and worker, not whole tensors (TIES with density < 1 also holds one
 float32 copy of the tensor being trimmed). The folder is assembled in a temporary
-sibling and renamed into place only when everything succeeded.
+sibling and renamed into place only when everything succeeded
+(:func:`hf_recycle.outputs.staging_folder`), after a check that the disk has room for it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from hf_recycle.merge.methods import (
 )
 from hf_recycle.merge.sources import TensorSource
 from hf_recycle.merge.streaming import StreamingMerger
+from hf_recycle.outputs import staging_folder
 from hf_recycle.units import dtype_name, parse_size, torch_dtype
 
 __all__ = [
@@ -146,6 +145,8 @@ def merge(
         ShapeMismatchError: A tensor has different shapes in two checkpoints.
         NonFiniteError: The merge produced NaN or Inf (nothing is written).
         OutputExistsError: ``output`` exists and ``overwrite`` is off.
+        DiskFullError: The disk of ``output`` cannot hold the merge (checked before merging) or
+            filled up meanwhile (nothing is left behind).
     """
     started = time.perf_counter()
     merge_method = get_method(method)
@@ -222,9 +223,10 @@ def merge(
             merger.workers,
             output,
         )
-        with staging_folder(output, overwrite) as folder:
+        reference = _side_file_reference(inputs)
+        needed = merger.output_bytes + _side_file_bytes(reference)
+        with staging_folder(output, overwrite, needed=needed) as folder:
             files = merger.run(folder, shard_cap)
-            reference = _side_file_reference(inputs)
             _write_side_files(folder, reference, merger)
             record = {
                 "hf_recycle_version": __version__,
@@ -334,6 +336,12 @@ def _check_output_location(output: Path, inputs: MergeInputs) -> None:
             )
 
 
+def _side_file_bytes(reference: TensorSource) -> int:
+    """Bytes of the config and the copied side files (a little under what they take written)."""
+    names = ("config.json", *COPIED_FILES)
+    return sum(p.stat().st_size for p in (Path(reference.path) / n for n in names) if p.is_file())
+
+
 def _write_side_files(folder: Path, reference: TensorSource, merger: StreamingMerger) -> None:
     config = dict(reference.config)
     config["dtype"] = merger.output_dtype_name
@@ -346,31 +354,3 @@ def _write_side_files(folder: Path, reference: TensorSource, merger: StreamingMe
         src = Path(reference.path) / name
         if src.is_file():
             shutil.copyfile(src, folder / name)
-
-
-@contextlib.contextmanager
-def staging_folder(output: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary sibling of ``output`` that is renamed into place if the block succeeds.
-
-    On any exception (including KeyboardInterrupt) the temporary folder is deleted and
-    ``output`` is left as it was.
-    """
-    parent = output.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=parent))
-    try:
-        yield tmp
-        if output.exists() or output.is_symlink():
-            if not overwrite:
-                raise OutputExistsError(
-                    f"output folder '{output}' appeared during the merge: pass --overwrite to replace it"
-                )
-            trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=parent))
-            os.rename(output, trash / "old")
-            os.rename(tmp, output)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

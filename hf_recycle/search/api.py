@@ -31,8 +31,8 @@ from hf_recycle.search.study import (
     make_sampler,
     open_storage,
     redact_url,
-    run_worker,
 )
+from hf_recycle.search.worker import StudyLock, run_worker
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,18 @@ class SearchSetup:
         self.inputs.close()
 
 
-def _load_recipe(recipe: Any, base_dir: str | Path | None) -> tuple[Any, Path]:
-    from hf_recycle.recipe import Recipe
+def _load_recipe(
+    recipe: Any, base_dir: str | Path | None, trials: int | None, tasks: bool
+) -> tuple[Any, Path]:
+    from hf_recycle.preflight import check_recipe, load_recipe
 
-    if isinstance(recipe, str | Path):
-        path = Path(recipe)
-        return Recipe.from_yaml(path), Path(base_dir) if base_dir else path.resolve().parent
-    return recipe, Path(base_dir) if base_dir else Path.cwd()
+    if isinstance(recipe, str | Path):  # every problem of the file at once, before anything is downloaded
+        base = Path(base_dir) if base_dir else Path(recipe).resolve().parent
+        return load_recipe(recipe, base_dir=base, trials=trials, tasks=tasks), base
+    base = Path(base_dir) if base_dir else Path.cwd()
+    if tasks:
+        check_recipe(recipe, base_dir=base)
+    return recipe, base
 
 
 def _task_info(recipe: Any, scorers: Sequence[Scorer] | None) -> tuple[list[str], list[bool]]:
@@ -101,24 +106,28 @@ def prepare(
     base_dir: str | Path | None = None,
     scorers: Sequence[Scorer] | None = None,
     endpoint: str | None = None,
+    token: str | bool | None = None,
 ) -> SearchSetup:
     """Validate the search settings, fetch and open the checkpoints, and define the space.
 
     Hub specs resolve against ``endpoint``, else the recipe's ``endpoint``, else
-    huggingface_hub's default (``HF_ENDPOINT``).
+    huggingface_hub's default (``HF_ENDPOINT``), with ``token`` (default: huggingface_hub's
+    own lookup).
 
     Raises:
         SearchError: Fewer than 2 checkpoints, trials <= 0 or fewer than the baselines
             need, ``pareto`` with one task, no task at all.
         IncompatibleCheckpointsError: Checkpoints of different architectures.
     """
-    from hf_recycle.hub.download import fetch_checkpoints
+    from hf_recycle.hub.download import download_checkpoint, fetch_checkpoints
+    from hf_recycle.hub.resolve import resolve
     from hf_recycle.merge.engine import align_tied_heads
     from hf_recycle.merge.inputs import open_inputs
     from hf_recycle.merge.methods import get_method
+    from hf_recycle.preflight import check_resolved
     from hf_recycle.search.resident import _check_compatible
 
-    recipe, base_dir = _load_recipe(recipe, base_dir)
+    recipe, base_dir = _load_recipe(recipe, base_dir, trials, tasks=scorers is None)
     if endpoint and endpoint != recipe.endpoint:
         recipe = recipe.model_copy(update={"endpoint": endpoint})
     spec = recipe.search
@@ -140,18 +149,15 @@ def prepare(
         )
     if len(recipe.checkpoints) == 0:
         raise SearchError(f"recipe '{recipe.name}' lists no checkpoints: a merge search needs at least 2")
-    fetched = fetch_checkpoints(recipe.checkpoints, endpoint=recipe.endpoint)
-    if len(fetched) < 2:
-        raise SearchError(
-            f"a merge search needs at least 2 checkpoints, the recipe's specs give {len(fetched)}: add checkpoints"
-        )
-    pins = [pin for pin, _ in fetched]
+    pins = resolve(recipe.checkpoints, endpoint=recipe.endpoint, token=token)
+    check_resolved(recipe, len(pins), trials=n_trials)  # too few checkpoints or trials: before any download
+    fetched = [(pin, download_checkpoint(pin, endpoint=recipe.endpoint, token=token)) for pin in pins]
     method = get_method(recipe.merge.method)
     # The base as the final merge (hf_recycle.pipeline) uses it: task-vector methods mix it in,
     # and LoRA adapters are read over it (whatever the method).
     base_pin, base_path = None, None
     if recipe.base is not None and (method.needs_base or any(pin.kind == "lora" for pin in pins)):
-        fetched_base = fetch_checkpoints([recipe.base], endpoint=recipe.endpoint)
+        fetched_base = fetch_checkpoints([recipe.base], endpoint=recipe.endpoint, token=token)
         if len(fetched_base) != 1:
             raise SearchError(
                 f"base '{recipe.base}' expands to {len(fetched_base)} checkpoints: the base must be one "
@@ -193,12 +199,6 @@ def prepare(
             },
             baselines=tuple(dict.fromkeys(spec.baselines)),
         )
-        needed = config.baseline_trials()
-        if n_trials < needed:
-            raise SearchError(
-                f"trials ({n_trials}) is below the {needed} trials the baselines may take with {len(pins)} "
-                f"checkpoints ({', '.join(config.baselines)}): raise --trials, or drop baselines in search.baselines"
-            )
     except BaseException:
         inputs.close()
         raise
@@ -228,6 +228,7 @@ def create_study(
     base_dir: str | Path | None = None,
     scorers: Sequence[Scorer] | None = None,
     endpoint: str | None = None,
+    token: str | bool | None = None,
 ) -> str:
     """Create the recipe's study in its storage and enqueue its baselines (once, before several
     workers start); return its name."""
@@ -239,10 +240,14 @@ def create_study(
         base_dir=base_dir,
         scorers=scorers,
         endpoint=endpoint,
+        token=token,
     )
     try:
-        created = create_or_load_study(open_storage(setup.storage_url, None), setup.study_name, setup.config)
-        enqueue_initial_baselines(created, setup.config)  # before the workers, so none races to it
+        with StudyLock.for_storage(setup.storage_url, setup.study_name).held():
+            created = create_or_load_study(
+                open_storage(setup.storage_url, None), setup.study_name, setup.config
+            )
+            enqueue_initial_baselines(created, setup.config)
         return setup.study_name
     finally:
         setup.close()
@@ -258,6 +263,7 @@ def search(
     base_dir: str | Path | None = None,
     device: str | None = None,
     endpoint: str | None = None,
+    token: str | bool | None = None,
     progress: bool = False,
     scorers: Sequence[Scorer] | None = None,
     test_scorers: Sequence[Scorer] | None = None,
@@ -275,6 +281,7 @@ def search(
         base_dir: Folder that task data paths resolve against (default: the recipe file's folder).
         device: Where the live model runs (default: ``merge.device``).
         endpoint: Hub endpoint for Hub specs (default: the recipe's ``endpoint``, else ``HF_ENDPOINT``).
+        token: Hub token for Hub specs (default: huggingface_hub's own lookup); never written.
         progress: Show a progress bar with the best score so far.
         scorers: Search-split scorers to use instead of building them from ``recipe.tasks``.
         test_scorers: Test-split scorers to use with ``scorers`` (``None``: no test scores).
@@ -296,6 +303,7 @@ def search(
         base_dir=base_dir,
         scorers=scorers,
         endpoint=endpoint,
+        token=token,
     )
     recipe = setup.recipe
     spec = recipe.search
@@ -317,9 +325,11 @@ def search(
             device=device or recipe.merge.device,
             group_of=group_of,
         )
-        storage_obj = open_storage(setup.storage_url, heartbeat_interval)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        created = create_or_load_study(storage_obj, setup.study_name, setup.config)
+        lock = StudyLock.for_storage(setup.storage_url, setup.study_name)
+        with lock.held():  # workers that start together on a new database create its tables once
+            storage_obj = open_storage(setup.storage_url, heartbeat_interval)
+            created = create_or_load_study(storage_obj, setup.study_name, setup.config)
         n_existing = len(created.get_trials(deepcopy=False))
         sampler = make_sampler(
             spec.sampler,
@@ -339,13 +349,19 @@ def search(
         objective = TrialObjective(
             setup.space, resident, scorers, spec.objective, spec.pruning_fraction if spec.pruning else None
         )
-        _run_with_progress(study_obj, setup, objective, progress)
+        _run_with_progress(study_obj, setup, objective, lock, progress)
         from hf_recycle.hub.lock import write_lock
         from hf_recycle.search.results import build_results
 
         results = build_results(study_obj, setup, resident, scorers, test_scorers, n_boot=n_boot)
         write_lock(setup.pins, setup.output_dir, base=setup.base_pin)
         return results
+    except Exception as exc:  # a full disk (results, study, lock): one paragraph, not a traceback
+        from hf_recycle.outputs import raise_if_disk_full
+
+        kept, advice = "the study keeps every finished trial", "free some space and run again"
+        raise_if_disk_full(exc, "the search's outputs", setup.output_dir, outcome=kept, advice=advice)
+        raise
     finally:
         setup.close()
 
@@ -394,7 +410,9 @@ def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[list[Any], list[Any
     return search_scorers, build_scorers(recipe.tasks, tokenizer, "test", setup.base_dir)
 
 
-def _run_with_progress(study: Any, setup: SearchSetup, objective: TrialObjective, progress: bool) -> None:
+def _run_with_progress(
+    study: Any, setup: SearchSetup, objective: TrialObjective, lock: StudyLock, progress: bool
+) -> None:
     from tqdm.auto import tqdm
 
     start = finished_count(study.get_trials(deepcopy=False))
@@ -419,7 +437,7 @@ def _run_with_progress(study: Any, setup: SearchSetup, objective: TrialObjective
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            run_worker(study, setup.config, objective, setup.trials, on_trial=on_trial)
+            run_worker(study, setup.config, objective, setup.trials, lock=lock, on_trial=on_trial)
     finally:
         bar.close()
 

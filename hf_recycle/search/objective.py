@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from hf_recycle.search.space import SearchSpace
-from hf_recycle.search.study import DUPLICATE_ATTR, earlier_twin, mark_worker
+from hf_recycle.search.study import DUPLICATE_ATTR, earlier_twin
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -104,7 +104,6 @@ class TrialObjective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import optuna
 
-        mark_worker(trial)
         twin = earlier_twin(trial, self.space.n_checkpoints)
         if twin is not None:  # another worker enqueued this baseline too
             trial.set_user_attr(DUPLICATE_ATTR, twin)
@@ -112,6 +111,8 @@ class TrialObjective:
         candidate = self.space.suggest(trial)
         self.candidate_model.set_weights(candidate.weights, candidate.density)
         trial.set_user_attr("weights", candidate.weights.tolist())
+        for name, value in self.space.weight_attrs(candidate.weights).items():
+            trial.set_user_attr(name, value)
         if candidate.density is not None:
             trial.set_user_attr("density", candidate.density)
         partial = None

@@ -108,12 +108,11 @@ def write_results(folder: str | Path, results: dict[str, Any]) -> tuple[Path, Pa
     """Write ``results.json`` and ``results.md`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path_json = folder / RESULTS_JSON
-    tmp = path_json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    tmp.replace(path_json)
-    path_md = folder / RESULTS_MD
-    path_md.write_text(render_markdown(results), encoding="utf-8")
+    path_json, path_md = folder / RESULTS_JSON, folder / RESULTS_MD
+    from hf_recycle.outputs import write_text_atomic  # never half a file, even on a full disk
+
+    write_text_atomic(path_json, json.dumps(results, indent=2, allow_nan=True) + "\n")
+    write_text_atomic(path_md, render_markdown(results))
     return path_json, path_md
 
 

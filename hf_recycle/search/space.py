@@ -180,6 +180,15 @@ class SearchSpace:
         uniform = np.full_like(x, 1.0 / self.n_checkpoints)
         return np.where(sums > 0, x / np.where(sums > 0, sums, 1.0), uniform)
 
+    def weight_attrs(self, weights: np.ndarray) -> dict[str, float]:
+        """The merge weights of a ``(G, K)`` candidate as numeric trial attributes, one per
+        parameter (``weight:w003``, ``weight:layers.0-3/w003``), to sort and plot them by."""
+        return {
+            f"weight:{self.param_name(g, k)}": float(weights[g, k])
+            for g in range(weights.shape[0])
+            for k in range(weights.shape[1])
+        }
+
     def params_for(
         self, weights: np.ndarray | Sequence[float], density: float | None = None
     ) -> dict[str, float]:

@@ -1,26 +1,18 @@
-"""The Optuna study of a merge search: storage, sampler, baselines, resume and workers.
+"""The Optuna study of a merge search: storage, sampler, configuration and baselines.
 
 A study lives in an Optuna storage: by default the SQLite file ``study.db`` in the
 output folder; ``postgresql://...`` (or any SQLAlchemy URL) or a journal file lets
 several workers on several machines share it. ``trials`` counts every finished
-(complete or pruned) trial of the study, the enqueued baselines included; a worker
-stops once the study holds that many. Workers that start together may both enqueue a
-baseline: the lowest-numbered live trial of each baseline soup runs it, and a later copy
-is pruned at once with the user attribute ``duplicate_of`` and counted nowhere.
-
-Resuming: finished trials are kept. A trial left ``RUNNING`` by a process that died
-is failed and its parameters enqueued again (once per failure, at most 3 times):
-at once when the dead process ran on this host (its pid is gone), otherwise when its
-heartbeat goes stale (RDB storages).
+(complete or pruned) trial of the study, the enqueued baselines included. How workers
+share a study, and how the trials of dead workers are run again, is in
+:mod:`hf_recycle.search.worker`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 SAMPLERS = ("cmaes", "tpe", "gp", "random", "nsga2")
 FINGERPRINT_ATTR = "hf_recycle"
-WORKER_ATTR = "hf_recycle_worker"
 DUPLICATE_ATTR = "duplicate_of"
 MAX_RETRY = 3
 DEFAULT_HEARTBEAT_S = 30
@@ -97,7 +88,7 @@ def open_storage(
     scheme = url.split("://", 1)[0]
     engine_kwargs: dict[str, Any] = {}
     if scheme.startswith("postgresql"):
-        url = _postgres_driver_url(url, scheme)
+        url = postgres_driver_url(url, scheme)
         engine_kwargs = {"pool_pre_ping": True}
     elif scheme.startswith("sqlite"):
         Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +98,7 @@ def open_storage(
         kwargs = dict(
             heartbeat_interval=int(heartbeat_interval),
             grace_period=int(heartbeat_interval) * 3,
-            heartbeat_stale_trial_callback=_retry_callback(),
+            heartbeat_stale_trial_callback=requeue,
         )
     try:
         with warnings.catch_warnings():
@@ -117,7 +108,7 @@ def open_storage(
         raise SearchError(f"cannot open storage '{redact_url(url)}': {exc}") from exc
 
 
-def _postgres_driver_url(url: str, scheme: str) -> str:
+def postgres_driver_url(url: str, scheme: str) -> str:
     """``url`` with an installed PostgreSQL driver named in its scheme.
 
     A bare ``postgresql://`` gets psycopg (v3) when it is installed, else psycopg2; a
@@ -219,6 +210,11 @@ class StudyConfig:
             return ["maximize" if up else "minimize" for up in self.directions]
         return ["maximize"]
 
+    @property
+    def metric_names(self) -> list[str]:
+        """Names of the study's objectives: ``["mean"]``, or each task for ``pareto``."""
+        return list(self.tasks) if self.objective == "pareto" else ["mean"]
+
     def baseline_trials(self) -> int:
         """The most trials the baselines can take."""
         k = self.space.n_checkpoints
@@ -257,6 +253,10 @@ def create_or_load_study(
     wanted = config.fingerprint()
     if stored is None:
         study.set_user_attr(FINGERPRINT_ATTR, wanted)
+    if study.metric_names is None:  # optuna-dashboard shows these names
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(config.metric_names)
     elif stored != wanted:
         diff = sorted(k for k in wanted if stored.get(k) != wanted[k])
         raise SearchError(
@@ -266,66 +266,22 @@ def create_or_load_study(
     return study
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue ``trial`` (failed: its worker died) again, at most :data:`MAX_RETRY` times.
 
-
-def worker_identity() -> dict[str, Any]:
-    """This process, as recorded on the trials it runs."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def reap_dead_local_trials(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials of dead processes of this host and enqueue their parameters again.
-
-    Returns:
-        The numbers of the trials failed.
+    The copy keeps the trial's stored parameters, its fixed parameters (a queued trial) and
+    its user attributes; a sampled trial that died before it had any is not queued again:
+    the sampler proposes a new trial in its slot.
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    me = worker_identity()
-    failed: list[int] = []
-    retry = _retry_callback()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.system_attrs.get(WORKER_ATTR)
-        if not owner or owner.get("host") != me["host"] or owner.get("pid") == me["pid"]:
-            continue
-        if _pid_alive(int(owner["pid"])):
-            continue
-        try:
-            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        failed.append(trial.number)
-        logger.warning(
-            "trial %d was left running by a dead process (pid %s): retrying its parameters",
-            trial.number,
-            owner["pid"],
-        )
-        retry(study, study._storage.get_trial(trial._trial_id))
-    return failed
-
-
-def _retry_callback() -> Callable[[Any, Any], None]:
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+    if not trial.params and not trial.system_attrs.get("fixed_params"):
+        logger.info("trial %d died before it had parameters: its slot goes to a new trial", trial.number)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-
-
-def mark_worker(trial: optuna.Trial) -> None:
-    """Record on ``trial`` which process runs it (to retry it if that process dies)."""
-    trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
 
 
 # --- baselines as enqueued trials --------------------------------------------------------
@@ -453,36 +409,6 @@ def pruned_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     from optuna.trial import TrialState
 
     return sum(t.state == TrialState.PRUNED and DUPLICATE_ATTR not in t.user_attrs for t in trials)
-
-
-def run_worker(
-    study: optuna.Study,
-    config: StudyConfig,
-    objective: Callable[[optuna.Trial], float | Sequence[float]],
-    trials: int,
-    *,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-) -> None:
-    """Run trials of ``study`` until it holds ``trials`` finished trials.
-
-    Baselines come first (enqueued), then greedy soup's steps as their inputs are
-    known, then the sampler's candidates. Trials of dead local processes are retried.
-    """
-    import optuna
-
-    if trials <= 0:
-        raise SearchError(f"trials must be a positive number, got {trials}")
-    reap_dead_local_trials(study)
-    enqueue_initial_baselines(study, config)
-    callbacks = [on_trial] if on_trial else []
-    while True:
-        current = study.get_trials(deepcopy=False)
-        if finished_count(current) >= trials:
-            break
-        enqueue_greedy_step(study, config, current)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=1, callbacks=callbacks, gc_after_trial=False)
 
 
 def objective_values(

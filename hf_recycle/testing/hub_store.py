@@ -9,7 +9,9 @@ Layout under ``root`` (survives restarts)::
     repos/<type>s/<org>/<name>/refs.json   {"heads": {branch: sha}, "tags": {tag: sha}}
     repos/<type>s/<org>/<name>/commits.log every commit sha made in the repo, one per line
 
-Standard library only.
+Every path is built from validated parts (object ids are 40 hex digits, repo names match
+:data:`REPO_NAME`) and checked, symlinks resolved, to lie under ``root``: nothing that a
+request names can reach a file outside it. Standard library only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 
 REPO_TYPES = ("model", "dataset", "space")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
-_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+_OID = re.compile(r"^[0-9a-f]{40}$")
+REPO_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
 
 
 class HubStoreError(Exception):
@@ -82,23 +85,43 @@ class HubStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
         self._lock = threading.RLock()
 
     # --- paths -------------------------------------------------------------------------
 
+    def _under_root(self, path: Path, code: str) -> Path:
+        """``path`` if it resolves (symlinks followed) to a place under the root, else a 404."""
+        if not path.resolve().is_relative_to(self._real_root):
+            raise HubStoreError(404, "Not found (outside the storage root)", code)
+        return path
+
     def _repo_dir(self, repo: RepoRef) -> Path:
-        return self.root / "repos" / f"{repo.repo_type}s" / repo.repo_id
+        org, _, name = repo.repo_id.partition("/")
+        if repo.repo_type not in REPO_TYPES or not (REPO_NAME.fullmatch(org) and REPO_NAME.fullmatch(name)):
+            raise HubStoreError(404, f"Repository {repo.repo_id} not found", "RepoNotFound")
+        return self._under_root(self.root / "repos" / f"{repo.repo_type}s" / org / name, "RepoNotFound")
+
+    def _repo_file(self, repo: RepoRef, name: str) -> Path:
+        return self._under_root(self._repo_dir(repo) / name, "RepoNotFound")
+
+    def _object_path(self, kind: str, oid: str, suffix: str = "") -> Path:
+        if not _OID.fullmatch(oid):
+            raise HubStoreError(400, f"Invalid object id: {oid!r} (40 hex digits)", "BadRequest")
+        return self._under_root(
+            self.root / "objects" / kind / oid[:2] / f"{oid[2:]}{suffix}", "EntryNotFound"
+        )
 
     def _blob_path(self, oid: str) -> Path:
-        return self.root / "objects" / "blobs" / oid[:2] / oid[2:]
+        return self._object_path("blobs", oid)
 
     def _commit_path(self, sha: str) -> Path:
-        return self.root / "objects" / "commits" / sha[:2] / f"{sha[2:]}.json"
+        return self._object_path("commits", sha, ".json")
 
     # --- repos -------------------------------------------------------------------------
 
     def repo_meta(self, repo: RepoRef) -> dict | None:
-        path = self._repo_dir(repo) / "repo.json"
+        path = self._repo_file(repo, "repo.json")
         return json.loads(path.read_text()) if path.is_file() else None
 
     def require_repo(self, repo: RepoRef) -> dict:
@@ -109,7 +132,7 @@ class HubStore:
 
     def create_repo(self, repo: RepoRef, private: bool = False) -> None:
         org, _, name = repo.repo_id.partition("/")
-        if not (_NAME.match(org) and _NAME.match(name)) or repo.repo_type not in REPO_TYPES:
+        if not (REPO_NAME.fullmatch(org) and REPO_NAME.fullmatch(name)) or repo.repo_type not in REPO_TYPES:
             raise HubStoreError(400, f"Invalid repo name '{repo.repo_id}'", "BadRequest")
         with self._lock:
             if self.repo_meta(repo) is not None:
@@ -135,7 +158,7 @@ class HubStore:
         with self._lock:
             meta = self.require_repo(repo)
             meta["private"] = private
-            _write_atomic(self._repo_dir(repo) / "repo.json", json.dumps(meta).encode())
+            _write_atomic(self._repo_file(repo, "repo.json"), json.dumps(meta).encode())
 
     def delete_repo(self, repo: RepoRef) -> None:
         import shutil
@@ -148,7 +171,7 @@ class HubStore:
 
     def refs(self, repo: RepoRef) -> dict[str, dict[str, str]]:
         self.require_repo(repo)
-        return json.loads((self._repo_dir(repo) / "refs.json").read_text())
+        return json.loads(self._repo_file(repo, "refs.json").read_text())
 
     def _set_refs(
         self,
@@ -163,10 +186,10 @@ class HubStore:
         refs["tags"].update(tags or {})
         refs["heads"].pop(drop_head, None)
         refs["tags"].pop(drop_tag, None)
-        _write_atomic(self._repo_dir(repo) / "refs.json", json.dumps(refs, indent=1).encode())
+        _write_atomic(self._repo_file(repo, "refs.json"), json.dumps(refs, indent=1).encode())
 
     def repo_commits(self, repo: RepoRef) -> list[str]:
-        path = self._repo_dir(repo) / "commits.log"
+        path = self._repo_file(repo, "commits.log")
         return path.read_text().split() if path.is_file() else []
 
     def resolve(self, repo: RepoRef, revision: str) -> str:
@@ -246,7 +269,7 @@ class HubStore:
         raw = json.dumps(body, sort_keys=True).encode()
         sha = hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest()
         _write_atomic(self._commit_path(sha), raw)
-        with open(self._repo_dir(repo) / "commits.log", "a") as log:
+        with open(self._repo_file(repo, "commits.log"), "a") as log:
             log.write(sha + "\n")
         return sha
 

@@ -3,7 +3,7 @@
 Example:
     >>> with LocalHub() as hub:  # doctest: +SKIP
     ...     sha = hub.publish("ckpt-0", "demo/tiny", branch="step-1")
-    ...     HfApi(endpoint=hub.endpoint).list_repo_refs("demo/tiny")
+    ...     hub.api().list_repo_refs("demo/tiny")  # or HfApi(endpoint=hub.endpoint, token=hub.token)
 """
 
 from __future__ import annotations
@@ -14,26 +14,43 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hf_recycle.testing.server import make_server
-
-# Any non-empty token is accepted by the local hub; this one marks requests as authenticated.
-LOCAL_TOKEN = "hf_local_hub_token"
+from hf_recycle.testing.server import check_host, check_token, make_server, new_token
 
 
 class LocalHub:
     """A local Hub-compatible server on a free port of 127.0.0.1, in a background thread.
 
+    Writes and reads of private repos need :attr:`token` (``hub.api()`` sends it; a
+    subprocess gets it as ``HF_TOKEN``).
+
     Args:
         root: Storage folder; a temporary folder (removed on stop) when omitted.
-        host: Interface to bind.
+        host: Interface to bind: loopback only, unless ``allow_remote``.
         port: Port to bind; 0 picks a free one.
+        token: The server's token; a fresh random one when omitted.
+        allow_remote: Allow a ``host`` that other machines can reach (logs a warning).
+
+    Raises:
+        LocalHubConfigError: ``host`` is not loopback and ``allow_remote`` is false, or the
+            token is empty or not header-safe.
     """
 
-    def __init__(self, root: str | Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        allow_remote: bool = False,
+    ) -> None:
+        check_host(host, allow_remote)
+        self.token = new_token() if token is None else check_token(token)
         self._owns_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="hf-recycle-local-hub-"))
         self.host = host
         self.port = port
+        self.allow_remote = allow_remote
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -42,11 +59,12 @@ class LocalHub:
         """``http://127.0.0.1:PORT`` of the running server."""
         if self._server is None:
             raise RuntimeError("LocalHub is not started: use it as a context manager or call start()")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def start(self) -> LocalHub:
-        self._server = make_server(self.root, self.host, self.port)
+        self._server = make_server(
+            self.root, self.host, self.port, token=self.token, allow_remote=self.allow_remote
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-hub", daemon=True)
         self._thread.start()
         return self
@@ -68,11 +86,11 @@ class LocalHub:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def api(self, token: str | bool | None = LOCAL_TOKEN):
-        """An ``HfApi`` bound to this server (with a token, so private repos are readable)."""
+    def api(self, token: str | bool | None = None):
+        """An ``HfApi`` bound to this server, with :attr:`token` unless told otherwise (``False``: none)."""
         from huggingface_hub import HfApi
 
-        return HfApi(endpoint=self.endpoint, token=token)
+        return HfApi(endpoint=self.endpoint, token=self.token if token is None else token)
 
     def publish(
         self,

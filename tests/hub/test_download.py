@@ -63,7 +63,7 @@ def test_pickle_is_refused_unless_allowed(local_hub):
 
 
 def test_private_download_with_token(local_hub):
-    ((pin, folder),) = fetch_checkpoints("org/secret", endpoint=local_hub.endpoint, token="any")
+    ((pin, folder),) = fetch_checkpoints("org/secret", endpoint=local_hub.endpoint, token=local_hub.hub.token)
     assert (folder / "model.safetensors").is_file()
 
 

@@ -87,11 +87,17 @@ def test_search_create_only_endpoint_pins_hub_checkpoints(hub_elsewhere, tmp_pat
     recipe = {
         "name": "hub-search",
         "checkpoints": ["org/run@step-*"],
-        "tasks": [
-            {"name": "t", "data": "json", "prompt": "{q}", "target": "{a}"}
-        ],  # not loaded by --create-only
+        "tasks": [  # checked before anything is resolved, not loaded by --create-only
+            {
+                "name": "t",
+                "data": {"path": "json", "data_files": "data.jsonl"},
+                "prompt": "{q}",
+                "target": "{a}",
+            }
+        ],
         "output": {"dir": str(tmp_path / "out")},
     }
+    (tmp_path / "data.jsonl").write_text('{"q": "1+1=", "a": "2"}\n')
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert cli.main(["search", str(path), "--create-only"]) == 1  # the default endpoint is dead

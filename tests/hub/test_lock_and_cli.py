@@ -58,7 +58,7 @@ def test_cli_errors_and_token_never_printed(local_hub, capsys, monkeypatch, tmp_
     assert err.startswith("error:") and "org/run@nope-*" in err and "Traceback" not in err
     assert cli.main(["resolve", "org/secret", "--endpoint", local_hub.endpoint]) == 1
     assert "HF_TOKEN" in capsys.readouterr().err
-    secret = "hf_secretTokenValue123"
+    secret = local_hub.hub.token
     monkeypatch.setenv("HF_TOKEN", secret)
     assert (
         cli.main(

@@ -99,7 +99,7 @@ def test_default_endpoint_is_huggingface_hub_constant(local_hub):
 def test_private_repo_needs_a_token(local_hub):
     with pytest.raises(HubAuthError, match=r"org/secret.*(no token|HF_TOKEN)"):
         resolve("org/secret", endpoint=local_hub.endpoint)
-    (pin,) = resolve("org/secret", endpoint=local_hub.endpoint, token="any-token")
+    (pin,) = resolve("org/secret", endpoint=local_hub.endpoint, token=local_hub.hub.token)
     assert pin.commit == local_hub.shas["org/secret@main"]
 
 

@@ -9,8 +9,10 @@ import urllib.request
 
 import pytest
 
+from hf_recycle.commands.hub import TOKEN_ENV
 from hf_recycle.testing.hub_store import git_blob_sha
 from hf_recycle.testing.local_hub import LocalHub
+from hf_recycle.testing.server import new_token
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -83,12 +85,13 @@ def test_storage_survives_restart(tmp_path, monkeypatch):
 def test_cli_serve_with_hf_endpoint_in_a_fresh_python(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env["HF_HOME"] = str(tmp_path / "home")
+    token = new_token()
     server = subprocess.Popen(
         [sys.executable, "-m", "hf_recycle.cli", "hub", "serve", "--root", str(tmp_path / "root")],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env={**env, TOKEN_ENV: token},
     )
     try:
         url = server.stdout.readline().strip()
@@ -106,7 +109,7 @@ def test_cli_serve_with_hf_endpoint_in_a_fresh_python(tmp_path):
         )
         out = subprocess.run(
             [sys.executable, "-c", code, str(tmp_path / "up")],
-            env={**env, "HF_ENDPOINT": url, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+            env={**env, "HF_ENDPOINT": url, "HF_TOKEN": token, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
             capture_output=True,
             text=True,
             timeout=120,

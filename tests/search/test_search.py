@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -161,23 +160,47 @@ def test_bad_input_is_refused(llama_pool, gpt2_pool, tmp_path, monkeypatch):
 
 
 _WORKER = """
-import sys, json
+import os, signal, sys
 sys.path.insert(0, {here!r})
+import optuna
 from synthetic import TargetMixtureScorer
 from hf_recycle.recipe import Recipe
 from hf_recycle.search.api import search
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+mode = {mode!r}
+if mode == "scoring":  # mid-trial: its parameters are stored, its scoring is under way
+    score = TargetMixtureScorer.score
+    def killing_score(self, *args, **kwargs):
+        if self.calls == 5:
+            die()
+        return score(self, *args, **kwargs)
+    TargetMixtureScorer.score = killing_score
+else:  # the trial is RUNNING and has no parameters yet
+    init = optuna.trial.Trial.__init__
+    def killing_init(self, study, trial_id):
+        init(self, study, trial_id)
+        queued = "fixed_params" in self._cached_frozen_trial.system_attrs
+        if (mode == "queued" and queued and self.number == 2) or (mode == "sampled" and not queued):
+            die()
+    optuna.trial.Trial.__init__ = killing_init
 ckpts = {ckpts!r}
 recipe = Recipe.model_validate({{"name": "t", "checkpoints": ckpts, "search": {{"trials": {trials}}}, "output": {{"dir": {out!r}}}}})
-scorers = [TargetMixtureScorer("mix", ckpts, {target!r}, sleep={sleep}, marker={marker!r})]
-search(recipe, scorers=scorers)
+search(recipe, scorers=[TargetMixtureScorer("mix", ckpts, {target!r})])
 """
 
 
-def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, tmp_path):
+@pytest.mark.parametrize("mode", ["scoring", "queued", "sampled"])
+def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, tmp_path, mode):
+    """A worker killed with a trial RUNNING, with or without parameters: the next run fails
+    that trial, runs it again when it has parameters to run, and ends with exactly the budget."""
+    from hf_recycle.search.worker import WORKER_ATTR
+
     _, ckpts = llama_pool
     n = 12
     script = tmp_path / "worker.py"
-    marker = tmp_path / "marker"
     script.write_text(
         _WORKER.format(
             here=str(HERE),
@@ -185,47 +208,40 @@ def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, 
             trials=n,
             out=str(tmp_path),
             target=TARGET,
-            sleep=0.4,
-            marker=str(marker),
+            mode=mode,
         )
     )
     url = f"sqlite:///{tmp_path / 'study.db'}"
     proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            time.sleep(0.1)
-            if not (tmp_path / "study.db").exists() or not marker.exists():
-                continue
-            try:
-                states = [t.state.name for t in _trials(url)]
-            except Exception:
-                continue
-            if states.count("COMPLETE") >= 4 and "RUNNING" in states:
-                break
-        else:
-            pytest.fail("the worker did not get going")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert proc.wait(timeout=300) == -signal.SIGKILL
     before = _trials(url)
     running = [t for t in before if t.state.name == "RUNNING"]
     assert len(running) == 1
     killed = running[0]
+    assert killed.system_attrs[WORKER_ATTR]["pid"] == proc.pid
+    assert (killed.params == {}) == (mode != "scoring")
+    fixed = killed.system_attrs.get("fixed_params")
+    if mode == "queued":
+        assert killed.number == 2 and killed.user_attrs == {"baseline": "single", "checkpoint": 1}
     done_before = {t.number: t.values for t in before if t.state.name == "COMPLETE"}
+    assert len(done_before) == {"scoring": 5, "queued": 2, "sampled": 5}[mode]
 
     scorers = [TargetMixtureScorer("mix", ckpts, TARGET)]
     res = search(synthetic_recipe(ckpts, tmp_path, trials=n), scorers=scorers)
     after = _trials(url)
     complete = [t for t in after if t.state.name == "COMPLETE"]
     assert len(complete) == n == res["trials"]
+    assert not [t for t in after if t.state.name == "RUNNING"]  # nothing stays RUNNING
     by_number = {t.number: t for t in after}
     assert by_number[killed.number].state.name == "FAIL"
     retries = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
-    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
-    assert retries[0].params == killed.params
+    if mode == "sampled":  # nothing to run again: a new sampled trial took its slot
+        assert retries == []
+    else:
+        assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+        for key in ("baseline", "checkpoint"):
+            assert retries[0].user_attrs.get(key) == killed.user_attrs.get(key)
+        assert retries[0].params == (killed.params or fixed)
     for number, values in done_before.items():  # nothing lost
         assert by_number[number].state.name == "COMPLETE" and by_number[number].values == values
     kinds = [

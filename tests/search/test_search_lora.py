@@ -132,10 +132,12 @@ def test_run_over_adapters_naming_their_base_records_it_everywhere(adapters, tmp
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     model = out / "model"
-    for folder in (out, model):
-        assert read_lock_base(folder).local_path == str(base.resolve())
-        assert [p.local_path for p in read_lock(folder)] == [str(p.resolve()) for p in named]
-    assert json.loads((model / "merge_config.json").read_text())["base"]["path"] == str(base.resolve())
+    assert read_lock_base(out).local_path == str(base.resolve())
+    assert [p.local_path for p in read_lock(out)] == [str(p.resolve()) for p in named]
+    # the model folder (what is pushed) names them without an absolute local path
+    assert read_lock_base(model).local_path == "./base"
+    assert [p.local_path for p in read_lock(model)] == ["./named-0", "./named-1"]
+    assert json.loads((model / "merge_config.json").read_text())["base"]["path"] == "./base"
     # independent check: the winner's weights applied to peft's own merged models
     weights = results["winner"]["weights"]
     merged = [_peft_merged(base, p) for p in named]
@@ -144,8 +146,8 @@ def test_run_over_adapters_naming_their_base_records_it_everywhere(adapters, tmp
         want = sum(w * m[key] for w, m in zip(weights, merged, strict=True)) / sum(weights)
         torch.testing.assert_close(value.float(), want.float(), rtol=1e-4, atol=1e-5)
     card = ModelCard.load(model / "README.md")
-    assert f"| base | `{base.resolve()}` (local) |" in card.text
-    assert f"over the base `{base.resolve()}`" in card.text
+    assert "| base | `./base` (local) |" in card.text and str(tmp_path) not in card.text
+    assert "over the base `./base`" in card.text
 
 
 def test_no_tokenizer_anywhere_is_a_clear_error(adapters, tmp_path, capsys):

@@ -17,8 +17,8 @@ from hf_recycle.search.study import (
     create_or_load_study,
     enqueue_initial_baselines,
     finished_count,
-    run_worker,
 )
+from hf_recycle.search.worker import run_worker
 
 TARGET = np.array([0.6, 0.3, 0.1])
 
