@@ -16,7 +16,8 @@ Many workers (processes, hosts) may run one study. Two rules keep the study exac
   dead on this host: the next worker fails it and queues it again (:func:`requeue`); a trial
   of a dead process on another host is failed when its heartbeat goes stale (RDB storages).
 
-A retried trial is well defined: it keeps the fixed parameters of a queued trial
+A trial interrupted by Ctrl-C or SIGTERM is failed and queued again the same way, so that
+an interrupted baseline still runs when the search resumes. A retried trial is well defined: it keeps the fixed parameters of a queued trial
 (baselines, greedy soup's steps) or the parameters a sampled trial had stored; a sampled
 trial that died before it had parameters is not queued again (the sampler proposes a new
 one in its slot).
@@ -259,9 +260,15 @@ def run_worker(
     callbacks = [on_trial] if on_trial else []
     waiting_logged = False
 
+    interrupted: list[int] = []
+
     def run(trial: optuna.Trial) -> float | Sequence[float]:
         lock.release()  # the trial is ours: let the next worker take one while this one runs
-        return objective(trial)
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: optuna fails the trial; it runs again later
+            interrupted.append(trial._trial_id)
+            raise
 
     while True:
         lock.acquire()
@@ -277,9 +284,14 @@ def run_worker(
                 enqueue_initial_baselines(study, config)
                 enqueue_greedy_step(study, config, study.get_trials(deepcopy=False))
                 _mark_next_trial(study)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # heartbeat with ask-and-tell
-                    study.optimize(run, n_trials=1, callbacks=callbacks, gc_after_trial=False)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # heartbeat with ask-and-tell
+                        study.optimize(run, n_trials=1, callbacks=callbacks, gc_after_trial=False)
+                except KeyboardInterrupt:
+                    for trial_id in interrupted:
+                        requeue(study, study._storage.get_trial(trial_id))
+                    raise
                 waiting_logged = False
                 continue
         finally:

@@ -226,3 +226,23 @@ def test_the_postgres_lock_excludes_other_sessions():
         assert conn.execute(probe, {"k": lock.key}).scalar() is True
         conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": lock.key})
     assert StudyLock.for_storage(url, "another-study").key != lock.key
+
+
+def test_an_interrupted_trial_runs_again_when_the_search_resumes():
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt) during the uniform baseline: optuna fails the
+    trial, and it is queued again with its weights, so the resumed search still runs it."""
+    study, config, space = _study(baselines=("uniform",))
+
+    class Interrupting(_Closeness):
+        def score(self, model, limit=None, *, resume=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, config, TrialObjective(space, _Weights(), [Interrupting()]), trials=3)
+    failed, queued = study.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    assert queued.system_attrs["failed_trial"] == 0 and queued.user_attrs["baseline"] == "uniform"
+    assert queued.params == failed.params == space.params_for(uniform_weights(3))
+    run_worker(study, config, TrialObjective(space, _Weights(), [_Closeness()]), trials=3)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and done[0].number == 1 and done[0].user_attrs["baseline"] == "uniform"
