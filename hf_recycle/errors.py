@@ -178,3 +178,7 @@ class RecycleCallbackError(HfRecycleError, ValueError):
     tasks: pass processing_class=tokenizer to the Trainer, or tokenizer=... to
     RecycleCallback``.
     """
+
+
+class SearchMemoryError(SearchError, MemoryError):
+    """A search's live model does not fit in the memory it has (raised before anything is loaded)."""

@@ -59,6 +59,7 @@ class RunPlan:
     output_dir: Path
     tasks: tuple[str, ...]
     push: dict[str, Any] | None
+    memory: str = ""
 
     def describe(self) -> str:
         """The plan as text, one fact per line."""
@@ -84,6 +85,8 @@ class RunPlan:
         if self.push:
             extra = "; Pareto members also to branches pareto-trial-<N>" if self.objective == "pareto" else ""
             lines.append(f"push: {self.push['repo']} (branch {self.push['branch']}){extra}")
+        if self.memory:
+            lines.append(self.memory)
         lines.append("nothing was downloaded or computed (--dry-run)")
         return "\n".join(lines)
 
@@ -219,10 +222,11 @@ def plan(
     _check_push(recipe, push)
     pins = resolve(recipe.checkpoints, endpoint=endpoint, token=token) if recipe.checkpoints else []
     check_resolved(recipe, len(pins), trials=trials)
+    base = _resolve_base(recipe, endpoint, token)
     return RunPlan(
         name=recipe.name,
         pins=tuple(pins),
-        base=_resolve_base(recipe, endpoint, token),
+        base=base,
         trials=recipe.search.trials if trials is None else int(trials),
         sampler=recipe.search.sampler,
         objective=recipe.search.objective,
@@ -231,7 +235,34 @@ def plan(
         output_dir=out,
         tasks=tuple(t.name for t in recipe.tasks),
         push=recipe.push.model_dump() if push and recipe.push else None,
+        memory=_memory_plan_text(recipe, pins, base),
     )
+
+
+def _memory_plan_text(recipe: Any, pins: list[PinnedCheckpoint], base: PinnedCheckpoint | None) -> str:
+    """The search's memory plan from the local checkpoints' headers (Hub ones are not downloaded)."""
+    from hf_recycle.errors import SearchMemoryError
+    from hf_recycle.merge.engine import align_tied_heads
+    from hf_recycle.merge.inputs import open_inputs
+    from hf_recycle.merge.methods import get_method
+    from hf_recycle.search.memory import plan_recipe_memory
+    from hf_recycle.search.resident import pick_device
+
+    uses_base = base is not None and (
+        get_method(recipe.merge.method).needs_base or any(p.kind == "lora" for p in pins)
+    )
+    local = [p for p in [*pins, *([base] if uses_base else [])] if p is not None]
+    if len(pins) < 2 or not all(p.is_local for p in local):
+        return "memory plan: made when the search starts (Hub checkpoints are not downloaded by --dry-run)"
+    inputs = open_inputs([str(p.local_path) for p in pins], str(base.local_path) if uses_base else None)
+    try:
+        checkpoints, _ = align_tied_heads(inputs.checkpoints)
+        device = pick_device(recipe.merge.device)
+        return plan_recipe_memory(recipe, checkpoints, inputs.base, device).describe()
+    except SearchMemoryError as exc:
+        return f"memory plan: {exc}"
+    finally:
+        inputs.close()
 
 
 def run(

@@ -91,6 +91,17 @@ class SearchSpec(_Strict):
     pruning: bool = False
     pruning_fraction: float = Field(default=0.25, gt=0, lt=1)
     seed: int = 0
+    resident: Literal["auto", "device", "host", "disk"] = "auto"
+    memory_limit: str | int = "auto"
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, value: str | int) -> str | int:
+        from hf_recycle.units import parse_size
+
+        if value != "auto":
+            parse_size(value, "search.memory_limit")  # MergeConfigError (a ValueError) naming the units
+        return value
 
     @field_validator("granularity")
     @classmethod

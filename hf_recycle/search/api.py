@@ -308,23 +308,35 @@ def search(
     recipe = setup.recipe
     spec = recipe.search
     try:
-        from hf_recycle.search.resident import ResidentModel
+        from hf_recycle.search.memory import plan_recipe_memory
+        from hf_recycle.search.resident import ResidentModel, pick_device
+        from hf_recycle.search.streamed import StreamedModel
 
+        live_device = pick_device(device or recipe.merge.device)
+        memory = plan_recipe_memory(  # from the headers, before anything is loaded
+            recipe, setup.inputs.checkpoints, setup.inputs.base, live_device
+        )
+        logger.info("%s", memory.describe())
         if scorers is None:  # tasks first: bad data or a missing tokenizer fail before the model loads
             scorers, test_scorers = _build_scorers(recipe, setup)
 
         _, group_of = group_tensors(list(_all_keys(setup.inputs.checkpoints)), spec.layers_per_group)
-        resident = ResidentModel(
-            setup.inputs.checkpoints,
+        model_args: dict[str, Any] = dict(
             base=setup.inputs.base,
             method=recipe.merge.method,
             lambda_=recipe.merge.lambda_,
             normalize=setup.normalize,
             seed=recipe.merge.seed,
             dtype=recipe.merge.dtype,
-            device=device or recipe.merge.device,
+            device=live_device,
             group_of=group_of,
         )
+        if memory.tier == "disk":
+            resident: Any = StreamedModel(setup.inputs.checkpoints, **model_args)
+        else:
+            resident = ResidentModel(
+                setup.inputs.checkpoints, resident_device=memory.resident_device, **model_args
+            )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         lock = StudyLock.for_storage(setup.storage_url, setup.study_name)
         with lock.held():  # workers that start together on a new database create its tables once

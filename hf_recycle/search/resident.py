@@ -12,6 +12,11 @@ checkpoints and ``1 − λΣwᵢ`` on the base). For float32 stacks it is one
 matrix-vector product per tensor written straight into the parameter: one read of
 the K resident copies and one write, the memory-bandwidth floor. TIES and DARE go
 through the merge engine's combine functions, tensor by tensor.
+
+LoRA adapters are not densified: per tensor the resident model keeps their shared base
+once and their factors, and a candidate adds all adapters' deltas with one product of
+concatenated factors (see :mod:`hf_recycle.search.lora_candidate`). Tensors no input
+changes are written into the live model once and not kept.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError, ShapeMismatchError
+from hf_recycle.search.lora_candidate import TensorPlan
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,12 +46,15 @@ def default_normalize(method: str, parameterization: str = "simplex") -> bool:
     """Normalization used when the recipe leaves ``merge.normalize`` unset.
 
     Linear merges normalize (divide by Σw) by default, except when the search space is
-    deliberately unnormalized (``nonnegative``/``signed``); ties normalize; task
-    arithmetic and DARE-linear do not.
+    deliberately unnormalized (``nonnegative``/``signed``); the others follow the merge
+    engine's defaults (ties normalizes; task arithmetic, DARE-linear and DARE-TIES do not),
+    so that a candidate equals ``hf-recycle merge`` of the same weights.
     """
+    from hf_recycle.merge.methods import get_method
+
     if method == "linear":
         return parameterization == "simplex"
-    return method in ("ties", "dare_ties")
+    return get_method(method).default_normalize
 
 
 def _check_compatible(sources: Sequence[TensorSource], base: TensorSource | None) -> list[str]:
@@ -102,6 +111,8 @@ class ResidentModel:
         device: Where the live model runs (``auto``: CUDA when available).
         group_of: Tensor name -> row of the candidate's weight matrix (all 0 when ``None``).
         resident_device: Where the checkpoint stacks live; default: ``device`` when they fit.
+        low_rank: Keep LoRA adapters as their base plus factors (``False``: densify each
+            adapter as base + ΔW, the reference path).
 
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
@@ -121,6 +132,7 @@ class ResidentModel:
         device: str = "auto",
         group_of: Callable[[str], int] | dict[str, int] | None = None,
         resident_device: str | None = None,
+        low_rank: bool = True,
     ) -> None:
         import torch
 
@@ -149,30 +161,33 @@ class ResidentModel:
             self._group = [0] * len(self.names)
         rows = [*sources, *([base] if base is not None and method in NEEDS_BASE else [])]
         self.has_base_row = len(rows) > len(sources)
-        store_dtypes = {key: self._store_dtype(rows, key) for key in self.names}
-        total = sum(
-            len(rows) * int(np.prod(src_shape)) * torch.empty((), dtype=store_dtypes[key]).element_size()
-            for key, src_shape in ((k, sources[0].shape(k)) for k in self.names)
-        )
+        self._params: list[torch.Tensor] = [targets[n] for n in self.names]
+        # an unnormalized linear candidate scales even the tensors no input changes by Σw
+        sums_to_one = not (method == "linear" and not self.normalize)
+        plans = [TensorPlan(key, rows, low_rank=low_rank) for key in self.names]
+        total = sum(plan.nbytes() for plan in plans if not plan.is_fixed(sums_to_one))
         self.resident_device = torch.device(resident_device or self._fit_device(total))
+        self._plans: list[TensorPlan | None] = []
+        with torch.no_grad():
+            for plan, param in zip(plans, self._params, strict=True):
+                if plan.is_fixed(sums_to_one):  # the same for every candidate: written once
+                    param.copy_(plan.sources[0].read(plan.key))
+                    self._plans.append(None)
+                else:
+                    plan.load(self.resident_device)
+                    self._plans.append(plan)
         logger.info(
-            "resident model: %d tensors x %d checkpoints (%.1f MB) on %s, live model on %s",
+            "resident model: %d of %d tensors x %d checkpoints (%.1f MB) on %s, live model on %s",
+            len(self.stacked),
             len(self.names),
             len(rows),
-            total / 1e6,
+            self.resident_bytes / 1e6,
             self.resident_device,
             self.device,
         )
-        self._params: list[torch.Tensor] = [targets[n] for n in self.names]
-        self._stacks: list[torch.Tensor] = []
-        for key in self.names:
-            stack = torch.empty(
-                (len(rows), *sources[0].shape(key)), dtype=store_dtypes[key], device=self.resident_device
-            )
-            for i, src in enumerate(rows):
-                stack[i].copy_(src.read(key))
-            self._stacks.append(stack)
-        max_numel = max(p.numel() for p in self._params)
+        max_numel = max(
+            (p.numel() for p, plan in zip(self._params, self._plans, strict=True) if plan), default=1
+        )
         self._buffer = torch.empty(max_numel, dtype=torch.float32, device=self.resident_device)
         self._staging = (
             torch.empty(max_numel, dtype=torch.float32, device=self.device)
@@ -224,14 +239,6 @@ class ResidentModel:
                 targets[name] = buf
         return targets
 
-    @staticmethod
-    def _store_dtype(rows: Sequence[TensorSource], key: str) -> torch.dtype:
-        import torch
-
-        dtypes = {src.dtype(key) for src in rows}
-        only = dtypes.pop() if len(dtypes) == 1 else None
-        return only if only is not None and only.is_floating_point else torch.float32
-
     def _fit_device(self, total_bytes: int) -> str:
         import torch
 
@@ -274,22 +281,23 @@ class ResidentModel:
 
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         with torch.no_grad():
-            if self.method in LINEAR_METHODS:
-                coef = self.coefficients(w)
-                coef_t = torch.tensor(coef, dtype=torch.float32, device=self.resident_device)
-                coef_f = coef.tolist()
-                for param, stack, g in zip(self._params, self._stacks, self._group, strict=True):
-                    self._weighted_sum(
-                        param, stack, coef_t[min(g, len(coef_f) - 1)], coef_f[min(g, len(coef_f) - 1)]
-                    )
-            else:
+            if self.method not in LINEAR_METHODS:
                 self._set_with_method(w, density)
+                return
+            coef = self.coefficients(w)
+            for param, plan, g in zip(self._params, self._plans, self._group, strict=True):
+                if plan is not None:
+                    self._weighted_sum(param, plan, coef[min(g, len(coef) - 1)])
 
-    def _weighted_sum(
-        self, param: torch.Tensor, stack: torch.Tensor, coef_t: torch.Tensor, coef: list[float]
-    ) -> None:
+    def _weighted_sum(self, param: torch.Tensor, plan: TensorPlan, coef: np.ndarray) -> None:
+        """``param`` = Σ mixᵢ·stackᵢ (+ the adapters' deltas as one product of concatenated factors)."""
         import torch
 
+        stack = plan.stack
+        assert stack is not None
+        mix = plan.mix(coef)
+        mix_t = torch.tensor(mix, dtype=torch.float32, device=self.resident_device)
+        u = plan.scaled_u(coef)
         n = param.numel()
         direct = (
             stack.dtype == torch.float32
@@ -297,16 +305,20 @@ class ResidentModel:
             and param.device == stack.device
             and param.is_contiguous()
         )
-        if direct:  # one pass: read K rows, write the parameter
-            torch.mv(stack.view(stack.shape[0], -1).t(), coef_t, out=param.view(-1))
+        if direct:  # one pass: read the rows, write the parameter (then add the deltas)
+            torch.mv(stack.view(stack.shape[0], -1).t(), mix_t, out=param.view(-1))
+            if u is not None:
+                param.view(u.shape[0], -1).addmm_(u, plan.v)
             return
         acc = self._buffer[:n]
         if stack.dtype == torch.float32:
-            torch.mv(stack.view(stack.shape[0], -1).t(), coef_t, out=acc)
+            torch.mv(stack.view(stack.shape[0], -1).t(), mix_t, out=acc)
         else:
-            acc.copy_(stack[0].reshape(-1)).mul_(coef[0])
+            acc.copy_(stack[0].reshape(-1)).mul_(float(mix[0]))
             for i in range(1, stack.shape[0]):
-                acc.add_(stack[i].reshape(-1), alpha=coef[i])
+                acc.add_(stack[i].reshape(-1), alpha=float(mix[i]))
+        if u is not None:
+            acc.view(u.shape[0], -1).addmm_(u, plan.v)
         if self._staging is not None:
             staged = self._staging[:n]
             staged.copy_(acc, non_blocking=True)
@@ -314,6 +326,7 @@ class ResidentModel:
         param.view(-1).copy_(acc)
 
     def _set_with_method(self, w: np.ndarray, density: float | None) -> None:
+        """TIES/DARE need every row's dense tensor: adapters' ΔW is built per tensor, then dropped."""
         from hf_recycle.merge.methods import Workspace, get_method, resolve_params
 
         method = get_method(self.method)
@@ -326,13 +339,15 @@ class ResidentModel:
         )
         if self._workspace is None:
             self._workspace = Workspace(self.resident_device)
-        for name, param, stack, g in zip(self.names, self._params, self._stacks, self._group, strict=True):
+        k = self.n_checkpoints
+        for name, param, plan, g in zip(self.names, self._params, self._plans, self._group, strict=True):
+            if plan is None:  # no task vector anywhere: the base
+                continue
             row = [float(x) for x in w[min(g, w.shape[0] - 1)]]
             out = self._buffer[: param.numel()].view(param.shape)
-            tensors = [stack[i] for i in range(self.n_checkpoints)]
-            method.combine(
-                tensors, row, stack[self.n_checkpoints], params, name, out=out, workspace=self._workspace
-            )
+            tensors = [plan.row(i) for i in range(k)]
+            method.combine(tensors, row, plan.row(k), params, name, out=out, workspace=self._workspace)
+            del tensors
             param.copy_(out)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -340,9 +355,14 @@ class ResidentModel:
         return dict(zip(self.names, self._params, strict=True))
 
     @property
+    def stacked(self) -> list[str]:
+        """Names of the tensors that hold resident copies or factors (the others are written once)."""
+        return [name for name, plan in zip(self.names, self._plans, strict=True) if plan is not None]
+
+    @property
     def resident_bytes(self) -> int:
-        """Bytes held by the resident checkpoint stacks."""
-        return sum(s.numel() * s.element_size() for s in self._stacks)
+        """Bytes held by the resident checkpoint stacks and adapter factors."""
+        return sum(plan.resident_bytes for plan in self._plans if plan is not None)
 
     @property
     def live_bytes(self) -> int:
