@@ -245,8 +245,8 @@ def _memory_plan_text(recipe: Any, pins: list[PinnedCheckpoint], base: PinnedChe
     from hf_recycle.merge.engine import align_tied_heads
     from hf_recycle.merge.inputs import open_inputs
     from hf_recycle.merge.methods import get_method
+    from hf_recycle.search.live import pick_device
     from hf_recycle.search.memory import plan_recipe_memory
-    from hf_recycle.search.resident import pick_device
 
     uses_base = base is not None and (
         get_method(recipe.merge.method).needs_base or any(p.kind == "lora" for p in pins)

@@ -125,7 +125,7 @@ def prepare(
     from hf_recycle.merge.inputs import open_inputs
     from hf_recycle.merge.methods import get_method
     from hf_recycle.preflight import check_resolved
-    from hf_recycle.search.resident import _check_compatible
+    from hf_recycle.search.live import _check_compatible
 
     recipe, base_dir = _load_recipe(recipe, base_dir, trials, tasks=scorers is None)
     if endpoint and endpoint != recipe.endpoint:
@@ -308,8 +308,9 @@ def search(
     recipe = setup.recipe
     spec = recipe.search
     try:
+        from hf_recycle.search.live import pick_device
         from hf_recycle.search.memory import plan_recipe_memory
-        from hf_recycle.search.resident import ResidentModel, pick_device
+        from hf_recycle.search.resident import ResidentModel
         from hf_recycle.search.streamed import StreamedModel
 
         live_device = pick_device(device or recipe.merge.device)

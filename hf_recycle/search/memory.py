@@ -242,7 +242,7 @@ def estimate_needs(
     from hf_recycle.merge.lora import LoraSource
     from hf_recycle.merge.methods import get_method, resolve_params
     from hf_recycle.merge.streaming import CPU_BLOCK_ELEMENTS, CUDA_BLOCK_ELEMENTS, default_workers
-    from hf_recycle.search.resident import NEEDS_BASE
+    from hf_recycle.search.live import NEEDS_BASE
 
     ref = sources[0]
     keys = [k for k in ref.keys() if ref.dtype(k).is_floating_point]

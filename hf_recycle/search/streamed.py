@@ -11,19 +11,13 @@ keeps hot checkpoint files in RAM without counting them against the process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError
-from hf_recycle.search.resident import (
-    NEEDS_BASE,
-    ResidentModel,
-    _check_compatible,
-    default_normalize,
-    pick_device,
-)
+from hf_recycle.errors import MergeConfigError
+from hf_recycle.search.live import NEEDS_BASE, LiveModel
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,11 +27,11 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
-class StreamedModel:
+class StreamedModel(LiveModel):
     """A live model whose weights are rewritten per trial from the checkpoint files.
 
-    Takes the arguments of :class:`~hf_recycle.search.resident.ResidentModel` (but
-    ``resident_device``) and gives the same candidates.
+    Takes the arguments of :class:`~hf_recycle.search.live.LiveModel` and gives the same
+    candidates as :class:`~hf_recycle.search.resident.ResidentModel`.
 
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
@@ -45,48 +39,11 @@ class StreamedModel:
         bytes_read: Bytes read from the checkpoints by every :meth:`set_weights` so far.
     """
 
-    def __init__(
-        self,
-        sources: Sequence[TensorSource],
-        *,
-        base: TensorSource | None = None,
-        method: str = "linear",
-        lambda_: float = 1.0,
-        normalize: bool | None = None,
-        seed: int = 0,
-        dtype: str = "auto",
-        device: str = "auto",
-        group_of: Callable[[str], int] | dict[str, int] | None = None,
-    ) -> None:
-        import torch
-
-        if len(sources) < 2:
-            raise IncompatibleCheckpointsError(f"a merge needs at least 2 checkpoints, got {len(sources)}")
-        if method in NEEDS_BASE and base is None:
-            raise MergeConfigError(
-                f"merge method '{method}' needs a base checkpoint: add 'base: <spec>' to the recipe"
-            )
-        self.method = method
-        self.lambda_ = float(lambda_)
-        self.normalize = default_normalize(method) if normalize is None else bool(normalize)
-        self.seed = seed
-        self.n_checkpoints = len(sources)
-        self.device = torch.device(pick_device(device))
-        keys = _check_compatible(sources, base)
-        self.model = ResidentModel._build_model(self, sources[0], dtype)  # type: ignore[arg-type]
-        targets = ResidentModel._targets(self, keys, sources[0])  # type: ignore[arg-type]
-        self.names = list(targets)
-        self._targets = targets
-        self._params: list[torch.Tensor] = [targets[n] for n in self.names]
-        if isinstance(group_of, dict):
-            self._group = [group_of.get(n, 0) for n in self.names]
-        elif callable(group_of):
-            self._group = [int(group_of(n)) for n in self.names]
-        else:
-            self._group = [0] * len(self.names)
+    def __init__(self, sources: Sequence[TensorSource], **options: Any) -> None:
+        super().__init__(sources, **options)
         self._group_by_name = dict(zip(self.names, self._group, strict=True))
         self.sources = list(sources)
-        self.base = base if method in NEEDS_BASE else None
+        self.base = options.get("base") if self.method in NEEDS_BASE else None
         self.bytes_read = 0
         logger.info(
             "streamed model: %d tensors x %d checkpoints read from disk per trial, live model on %s",
@@ -94,7 +51,6 @@ class StreamedModel:
             self.n_checkpoints + (self.base is not None),
             self.device,
         )
-        self.model.eval()
 
     def set_weights(self, weights: np.ndarray | Sequence[float], density: float | None = None) -> None:
         """Write the merge of ``weights`` (``(K,)`` or ``(G, K)``) into the live model, in place."""
@@ -147,16 +103,7 @@ class StreamedModel:
         else:
             param[row_start : row_start + data.shape[0]].copy_(data)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The rewritten tensors of the live model, keyed by checkpoint tensor name."""
-        return dict(zip(self.names, self._params, strict=True))
-
     @property
     def resident_bytes(self) -> int:
         """Bytes held by resident checkpoint stacks: none."""
         return 0
-
-    @property
-    def live_bytes(self) -> int:
-        """Bytes of the rewritten live tensors."""
-        return sum(p.numel() * p.element_size() for p in self._params)

@@ -1,0 +1,191 @@
+"""The live model a search rewrites per trial, and what every candidate model shares.
+
+:class:`LiveModel` builds the architecture once (on the GPU when there is one), checks
+that the checkpoints agree, and maps each rewritten tensor to its live parameter and its
+weight group. :class:`~hf_recycle.search.resident.ResidentModel` (inputs kept in memory)
+and :class:`~hf_recycle.search.streamed.StreamedModel` (inputs streamed from disk) differ
+only in how ``set_weights`` computes a candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError, ShapeMismatchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from hf_recycle.merge.sources import TensorSource
+
+logger = logging.getLogger(__name__)
+
+LINEAR_METHODS = ("linear", "task_arithmetic")
+NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def default_normalize(method: str, parameterization: str = "simplex") -> bool:
+    """Normalization used when the recipe leaves ``merge.normalize`` unset.
+
+    Linear merges normalize (divide by Σw) by default, except when the search space is
+    deliberately unnormalized (``nonnegative``/``signed``); the others follow the merge
+    engine's defaults (ties normalizes; task arithmetic, DARE-linear and DARE-TIES do not),
+    so that a candidate equals ``hf-recycle merge`` of the same weights.
+    """
+    from hf_recycle.merge.methods import get_method
+
+    if method == "linear":
+        return parameterization == "simplex"
+    return get_method(method).default_normalize
+
+
+def _check_compatible(sources: Sequence[TensorSource], base: TensorSource | None) -> list[str]:
+    """Tensor names shared by every source; raises when architectures or shapes differ."""
+    ref = sources[0]
+    ref_type = (ref.config.get("model_type"), tuple(ref.config.get("architectures") or ()))
+    for src in [*sources[1:], *([base] if base is not None else [])]:
+        other = (src.config.get("model_type"), tuple(src.config.get("architectures") or ()))
+        if other != ref_type:
+            raise IncompatibleCheckpointsError(
+                f"checkpoint '{src.name}' is a {other[0]} {list(other[1])} but '{ref.name}' is a "
+                f"{ref_type[0]} {list(ref_type[1])}: merge only checkpoints of one architecture"
+            )
+    keys = ref.keys()
+    for src in [*sources[1:], *([base] if base is not None else [])]:
+        other_keys = set(src.keys())
+        missing = [k for k in keys if k not in other_keys]
+        if missing:
+            raise IncompatibleCheckpointsError(
+                f"checkpoint '{src.name}' lacks tensor '{missing[0]}' that '{ref.name}' has "
+                f"({len(missing)} missing): merge only checkpoints of one architecture"
+            )
+        for key in keys:
+            if tuple(src.shape(key)) != tuple(ref.shape(key)):
+                raise ShapeMismatchError(
+                    f"tensor '{key}' has shape {tuple(ref.shape(key))} in '{ref.name}' but shape "
+                    f"{tuple(src.shape(key))} in '{src.name}'"
+                )
+    return keys
+
+
+def pick_device(device: str = "auto") -> str:
+    """``cuda`` when asked or available (``auto``), else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MergeConfigError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+class LiveModel:
+    """A live ``transformers`` model whose rewritten tensors are known by checkpoint name.
+
+    Args:
+        sources: The K checkpoints, as tensor sources (all of one architecture).
+        base: The base checkpoint, needed by task-vector methods.
+        method: Merge method name (``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``).
+        lambda_: Scale of the merged task vector (task-vector methods).
+        normalize: Divide by the weight sum (see :func:`default_normalize` for ``None``).
+        seed: Seed of DARE's random masks.
+        dtype: Dtype of the live model (``auto``: the checkpoints' stored dtype).
+        device: Where the live model runs (``auto``: CUDA when available).
+        group_of: Tensor name -> row of the candidate's weight matrix (all 0 when ``None``).
+
+    Attributes:
+        model: The live ``transformers`` model; scorers run it directly.
+        names: Names of the tensors rewritten per candidate, in model order.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[TensorSource],
+        *,
+        base: TensorSource | None = None,
+        method: str = "linear",
+        lambda_: float = 1.0,
+        normalize: bool | None = None,
+        seed: int = 0,
+        dtype: str = "auto",
+        device: str = "auto",
+        group_of: Callable[[str], int] | dict[str, int] | None = None,
+    ) -> None:
+        import torch
+
+        if len(sources) < 2:
+            raise IncompatibleCheckpointsError(f"a merge needs at least 2 checkpoints, got {len(sources)}")
+        if method in NEEDS_BASE and base is None:
+            raise MergeConfigError(
+                f"merge method '{method}' needs a base checkpoint: add 'base: <spec>' to the recipe"
+            )
+        self.method = method
+        self.lambda_ = float(lambda_)
+        self.normalize = default_normalize(method) if normalize is None else bool(normalize)
+        self.seed = seed
+        self.n_checkpoints = len(sources)
+        self.device = torch.device(pick_device(device))
+        keys = _check_compatible(sources, base)
+        self.model = self._build_model(sources[0], dtype)
+        self._targets = self._live_tensors(keys, sources[0])
+        self.names = list(self._targets)
+        self._params: list[torch.Tensor] = [self._targets[n] for n in self.names]
+        if isinstance(group_of, dict):
+            self._group = [group_of.get(n, 0) for n in self.names]
+        elif callable(group_of):
+            self._group = [int(group_of(n)) for n in self.names]
+        else:
+            self._group = [0] * len(self.names)
+        self.model.eval()
+
+    def _build_model(self, source: TensorSource, dtype: str) -> Any:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = dict(source.config)
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise IncompatibleCheckpointsError(f"checkpoint '{source.name}' has no model_type in config.json")
+        config = AutoConfig.for_model(model_type, **cfg)
+        if dtype == "auto":
+            first = source.keys()[0]
+            torch_dtype = source.dtype(first) if source.dtype(first).is_floating_point else torch.float32
+        else:
+            torch_dtype = getattr(torch, _DTYPES[dtype])
+        self.dtype = torch_dtype
+        with torch.device(self.device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        return model.to(torch_dtype)
+
+    def _live_tensors(self, keys: list[str], source: TensorSource) -> dict[str, torch.Tensor]:
+        """Live tensors (parameters and persistent float buffers) keyed by their checkpoint name."""
+        available = set(keys)
+        targets: dict[str, Any] = {}
+        seen: set[int] = set()
+        for name, param in self.model.named_parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if name not in available:
+                raise IncompatibleCheckpointsError(
+                    f"the model built from '{source.name}' has parameter '{name}' that the checkpoint does not "
+                    "store: the checkpoint does not match its config.json"
+                )
+            targets[name] = param.data
+        for name, buf in self.model.named_buffers():
+            if name in available and buf.is_floating_point() and id(buf) not in seen:
+                seen.add(id(buf))
+                targets[name] = buf
+        return targets
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The rewritten tensors of the live model, keyed by checkpoint tensor name."""
+        return dict(zip(self.names, self._params, strict=True))
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of the rewritten live tensors."""
+        return sum(p.numel() * p.element_size() for p in self._params)
