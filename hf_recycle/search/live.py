@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError, ShapeMismatchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,6 +101,7 @@ class LiveModel:
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
         names: Names of the tensors rewritten per candidate, in model order.
+        base: The base the merge mixes in (task-vector methods), else ``None``.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class LiveModel:
         self.normalize = default_normalize(method) if normalize is None else bool(normalize)
         self.seed = seed
         self.n_checkpoints = len(sources)
+        self.base = base if method in NEEDS_BASE else None  # the base row the merge mixes in
         self.device = torch.device(pick_device(device))
         keys = _check_compatible(sources, base)
         self.model = self._build_model(sources[0], dtype)
@@ -140,6 +144,31 @@ class LiveModel:
         else:
             self._group = [0] * len(self.names)
         self.model.eval()
+
+    def _weight_matrix(self, weights: Any) -> np.ndarray:
+        """``weights`` (``(K,)`` or ``(G, K)``) as a ``(G, K)`` float64 array, checked."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        if w.shape[1] != self.n_checkpoints:
+            raise MergeConfigError(f"{w.shape[1]} weights given for {self.n_checkpoints} checkpoints")
+        if self.method == "linear" and self.normalize and np.any(np.abs(w.sum(axis=1)) < 1e-12):
+            raise MergeConfigError(
+                "the merge weights sum to 0 and normalize is on: weights cannot be normalized"
+            )
+        return w
+
+    def _method_params(self, density: float | None) -> tuple[Any, Any]:
+        """The registered merge method and its resolved parameters for one candidate."""
+        from hf_recycle.merge.methods import get_method, resolve_params
+
+        method = get_method(self.method)
+        params = resolve_params(
+            method,
+            density=density if method.uses_density else None,
+            lambda_=self.lambda_,
+            normalize=self.normalize,
+            seed=self.seed,
+        )
+        return method, params
 
     def _build_model(self, source: TensorSource, dtype: str) -> Any:
         import torch

@@ -22,13 +22,12 @@ changes are written into the live model once and not kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hf_recycle.errors import MergeConfigError
-from hf_recycle.search.live import LINEAR_METHODS, NEEDS_BASE, LiveModel
+from hf_recycle.search.live import LINEAR_METHODS, LiveModel
 from hf_recycle.search.lora_candidate import TensorPlan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,34 +57,17 @@ class ResidentModel(LiveModel):
         self,
         sources: Sequence[TensorSource],
         *,
-        base: TensorSource | None = None,
-        method: str = "linear",
-        lambda_: float = 1.0,
-        normalize: bool | None = None,
-        seed: int = 0,
-        dtype: str = "auto",
-        device: str = "auto",
-        group_of: Callable[[str], int] | dict[str, int] | None = None,
         resident_device: str | None = None,
         low_rank: bool = True,
+        **options: Any,
     ) -> None:
         import torch
 
-        super().__init__(
-            sources,
-            base=base,
-            method=method,
-            lambda_=lambda_,
-            normalize=normalize,
-            seed=seed,
-            dtype=dtype,
-            device=device,
-            group_of=group_of,
-        )
-        rows = [*sources, *([base] if base is not None and method in NEEDS_BASE else [])]
+        super().__init__(sources, **options)
+        rows = [*sources, *([self.base] if self.base is not None else [])]
         self.has_base_row = len(rows) > len(sources)
         # an unnormalized linear candidate scales even the tensors no input changes by Σw
-        sums_to_one = not (method == "linear" and not self.normalize)
+        sums_to_one = not (self.method == "linear" and not self.normalize)
         plans = [TensorPlan(key, rows, low_rank=low_rank) for key in self.names]
         total = sum(plan.nbytes() for plan in plans if not plan.is_fixed(sums_to_one))
         self.resident_device = torch.device(resident_device or self._fit_device(total))
@@ -139,15 +121,9 @@ class ResidentModel(LiveModel):
 
     def coefficients(self, weights: np.ndarray) -> np.ndarray:
         """Per-group coefficients of the resident rows (K checkpoints, then the base) for linear methods."""
-        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        if w.shape[1] != self.n_checkpoints:
-            raise MergeConfigError(f"{w.shape[1]} weights given for {self.n_checkpoints} checkpoints")
+        w = self._weight_matrix(weights)
         sums = w.sum(axis=1, keepdims=True)
         if self.normalize and self.method == "linear":
-            if np.any(np.abs(sums) < 1e-12):
-                raise MergeConfigError(
-                    "the merge weights sum to 0 and normalize is on: weights cannot be normalized"
-                )
             w = w / sums
         elif self.normalize:  # task arithmetic divides by the sum unless it is ~0 (as the engine does)
             w = w / np.where(np.abs(sums) >= 1e-8, sums, 1.0)
@@ -160,7 +136,7 @@ class ResidentModel(LiveModel):
         """Write the merge of ``weights`` (``(K,)`` or ``(G, K)``) into the live model, in place."""
         import torch
 
-        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        w = self._weight_matrix(weights)
         with torch.no_grad():
             if self.method not in LINEAR_METHODS:
                 self._set_with_method(w, density)
@@ -208,16 +184,9 @@ class ResidentModel(LiveModel):
 
     def _set_with_method(self, w: np.ndarray, density: float | None) -> None:
         """TIES/DARE need every row's dense tensor: adapters' ΔW is built per tensor, then dropped."""
-        from hf_recycle.merge.methods import Workspace, get_method, resolve_params
+        from hf_recycle.merge.methods import Workspace
 
-        method = get_method(self.method)
-        params = resolve_params(
-            method,
-            density=density if method.uses_density else None,
-            lambda_=self.lambda_,
-            normalize=self.normalize,
-            seed=self.seed,
-        )
+        method, params = self._method_params(density)
         if self._workspace is None:
             self._workspace = Workspace(self.resident_device)
         k = self.n_checkpoints

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hf_recycle.errors import MergeConfigError
-from hf_recycle.search.live import NEEDS_BASE, LiveModel
+from hf_recycle.search.live import LiveModel
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,7 +42,6 @@ class StreamedModel(LiveModel):
         super().__init__(sources, **options)
         self._group_by_name = dict(zip(self.names, self._group, strict=True))
         self.sources = list(sources)
-        self.base = options.get("base") if self.method in NEEDS_BASE else None
         self.bytes_read = 0
         logger.info(
             "streamed model: %d tensors x %d checkpoints read from disk per trial, live model on %s",
@@ -56,24 +54,11 @@ class StreamedModel(LiveModel):
         """Write the merge of ``weights`` (``(K,)`` or ``(G, K)``) into the live model, in place."""
         import torch
 
-        from hf_recycle.merge.methods import GroupWeights, get_method, resolve_params
+        from hf_recycle.merge.methods import GroupWeights
         from hf_recycle.merge.streaming import StreamingMerger
 
-        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        if w.shape[1] != self.n_checkpoints:
-            raise MergeConfigError(f"{w.shape[1]} weights given for {self.n_checkpoints} checkpoints")
-        if self.method == "linear" and self.normalize and np.any(np.abs(w.sum(axis=1)) < 1e-12):
-            raise MergeConfigError(
-                "the merge weights sum to 0 and normalize is on: weights cannot be normalized"
-            )
-        method = get_method(self.method)
-        params = resolve_params(
-            method,
-            density=density if method.uses_density else None,
-            lambda_=self.lambda_,
-            normalize=self.normalize,
-            seed=self.seed,
-        )
+        w = self._weight_matrix(weights)
+        method, params = self._method_params(density)
         last = w.shape[0] - 1
         rows = {str(g): [float(x) for x in w[g]] for g in range(w.shape[0])}
 
