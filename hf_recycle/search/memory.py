@@ -5,8 +5,10 @@ live model is built, so a pool that does not fit fails with a message instead of
 killed by the kernel. Tiers, fastest first:
 
 - ``device``: every checkpoint's tensors stacked where the live model runs;
-- ``host``: the stacks in host RAM, the live model on a GPU (on a CPU-only run this is
-  the ``device`` tier: host RAM is the device);
+- ``host``: the stacks in host RAM, the live model on a GPU: each candidate is computed
+  on the host a chunk at a time and copied into the live model, overlapped
+  (:mod:`~hf_recycle.search.host_tier`); on a CPU-only run this is the ``device`` tier
+  (host RAM is the device);
 - ``disk``: nothing resident; each trial streams the K inputs from their files into the
   live model (:class:`~hf_recycle.search.streamed.StreamedModel`; the page cache caches).
 
@@ -179,6 +181,7 @@ class MemoryNeeds:
         stream_buffers: Working buffers of the disk tier (block buffers, TIES statistics).
         stream_read: Bytes the disk tier reads from the checkpoint files per trial.
         lora: Whether the inputs are LoRA adapters (stacks estimated as base once + factors).
+        pipeline_bytes: The host tier's pinned chunk buffers (two per dtype sent to the GPU).
     """
 
     rows: int
@@ -188,6 +191,7 @@ class MemoryNeeds:
     stream_buffers: int
     stream_read: int
     lora: bool
+    pipeline_bytes: int = 0
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -242,6 +246,7 @@ def estimate_needs(
     from hf_recycle.merge.lora import LoraSource
     from hf_recycle.merge.methods import get_method, resolve_params
     from hf_recycle.merge.streaming import CPU_BLOCK_ELEMENTS, CUDA_BLOCK_ELEMENTS, default_workers
+    from hf_recycle.search.host_tier import HOST_CHUNK_ELEMENTS
     from hf_recycle.search.live import NEEDS_BASE
 
     ref = sources[0]
@@ -285,7 +290,9 @@ def estimate_needs(
         read += base_once + sum(_adapter_file_bytes(s) for s in sources if isinstance(s, LoraSource))
     if needs_stats:
         read *= 2
-    return MemoryNeeds(len(rows), live, stacks, resident_buffers, stream_buffers, read, lora)
+    chunk = min(HOST_CHUNK_ELEMENTS, max_numel)
+    pipeline = 2 * chunk * live_dtype.itemsize  # float32 sums are sent as is, others cast first
+    return MemoryNeeds(len(rows), live, stacks, resident_buffers, stream_buffers, read, lora, pipeline)
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -356,10 +363,10 @@ def _tier_costs(needs: MemoryNeeds, on_gpu: bool) -> dict[str, tuple[int, int]]:
     if not on_gpu:
         resident = live + stacks + needs.resident_buffers
         return {"device": (resident, 0), "host": (resident, 0), "disk": (live + needs.stream_buffers, 0)}
-    staging = needs.resident_buffers
     return {
         "device": (0, live + stacks + needs.resident_buffers),
-        "host": (stacks + needs.resident_buffers, live + staging),
+        # the candidate is computed on the host and copied chunk by chunk into the live model
+        "host": (stacks + needs.resident_buffers + needs.pipeline_bytes, live),
         "disk": (needs.stream_buffers, live + needs.stream_buffers),
     }
 

@@ -4,7 +4,9 @@ The architecture is built once (on the GPU when there is one). Every checkpoint'
 tensors stay resident, stacked per tensor as ``(K, *shape)`` (GPU memory when they
 fit, else CPU RAM), and a candidate's weighted sum is written into the live model's
 parameters in place, through reused buffers: no disk round trip and no model rebuild
-per trial.
+per trial. With the stacks in CPU RAM and the live model on a GPU (the host tier), the
+CPU computes the candidate a chunk of rows at a time and the copy pipeline of
+:mod:`~hf_recycle.search.host_tier` sends each chunk while the next is computed.
 
 Linear and task-arithmetic merges are one weighted sum per tensor (task arithmetic
 ``base + λ Σ wᵢ (θᵢ − base)`` is the weighted sum with coefficients ``λwᵢ`` on the
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hf_recycle.search.host_tier import HOST_CHUNK_ELEMENTS, ChunkPipeline
 from hf_recycle.search.live import LINEAR_METHODS, LiveModel
 from hf_recycle.search.lora_candidate import TensorPlan
 
@@ -47,6 +50,9 @@ class ResidentModel(LiveModel):
         resident_device: Where the checkpoint stacks live; default: ``device`` when they fit.
         low_rank: Keep LoRA adapters as their base plus factors (``False``: densify each
             adapter as base + ΔW, the reference path).
+        host_chunk: Elements per chunk of the host tier's copy pipeline. The pipeline is
+            used when the stacks are not where the live model is (``resident_device`` CPU,
+            live model on a GPU), or whenever this is given (tests run it on the CPU).
 
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
@@ -59,6 +65,7 @@ class ResidentModel(LiveModel):
         *,
         resident_device: str | None = None,
         low_rank: bool = True,
+        host_chunk: int | None = None,
         **options: Any,
     ) -> None:
         import torch
@@ -93,11 +100,11 @@ class ResidentModel(LiveModel):
             (p.numel() for p, plan in zip(self._params, self._plans, strict=True) if plan), default=1
         )
         self._buffer = torch.empty(max_numel, dtype=torch.float32, device=self.resident_device)
-        self._staging = (
-            torch.empty(max_numel, dtype=torch.float32, device=self.device)
-            if self.resident_device != self.device
-            else None
-        )
+        self._pipeline: ChunkPipeline | None = None
+        if host_chunk is not None or self.resident_device != self.device:
+            kept = [p for p, plan in zip(self._params, self._plans, strict=True) if plan is not None]
+            widest = max((_rows_cols(p)[1] for p in kept), default=1)
+            self._pipeline = ChunkPipeline(self.device, max(host_chunk or HOST_CHUNK_ELEMENTS, widest))
         self._workspace: Any = None
 
     # --- construction -------------------------------------------------------------------
@@ -142,9 +149,14 @@ class ResidentModel(LiveModel):
                 self._set_with_method(w, density)
                 return
             coef = self.coefficients(w)
+            write = self._weighted_sum if self._pipeline is None else self._weighted_sum_chunked
+            if self._pipeline is not None:
+                self._pipeline.begin()
             for param, plan, g in zip(self._params, self._plans, self._group, strict=True):
                 if plan is not None:
-                    self._weighted_sum(param, plan, coef[min(g, len(coef) - 1)])
+                    write(param, plan, coef[min(g, len(coef) - 1)])
+            if self._pipeline is not None:
+                self._pipeline.finish()
 
     def _weighted_sum(self, param: torch.Tensor, plan: TensorPlan, coef: np.ndarray) -> None:
         """``param`` = Σ mixᵢ·stackᵢ (+ the adapters' deltas as one product of concatenated factors)."""
@@ -176,11 +188,42 @@ class ResidentModel(LiveModel):
                 acc.add_(stack[i].reshape(-1), alpha=float(mix[i]))
         if u is not None:
             acc.view(u.shape[0], -1).addmm_(u, plan.v)
-        if self._staging is not None:
-            staged = self._staging[:n]
-            staged.copy_(acc, non_blocking=True)
-            acc = staged
         param.view(-1).copy_(acc)
+
+    def _weighted_sum_chunked(self, param: torch.Tensor, plan: TensorPlan, coef: np.ndarray) -> None:
+        """The host tier: the weighted sum of whole rows, a chunk at a time, each sent to the device.
+
+        Chunk ``i`` is copied to the device while chunk ``i + 1`` is computed (see
+        :class:`~hf_recycle.search.host_tier.ChunkPipeline`).
+        """
+        import torch
+
+        pipeline = self._pipeline
+        stack = plan.stack
+        assert pipeline is not None and stack is not None
+        mix = plan.mix(coef)
+        mix_t = torch.tensor(mix, dtype=torch.float32, device=self.resident_device)
+        u = plan.scaled_u(coef)
+        rows, cols = _rows_cols(param)
+        flat = stack.view(stack.shape[0], rows, cols)
+        dest = param.view(rows, cols)  # live parameters are contiguous (as _weighted_sum assumes)
+        step = max(1, pipeline.chunk // cols)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            n = (r1 - r0) * cols
+            block = flat[:, r0:r1].reshape(stack.shape[0], n)
+            direct = param.dtype == torch.float32
+            acc = pipeline.buffer(torch.float32, n) if direct else self._buffer[:n]
+            if stack.dtype == torch.float32:
+                torch.mv(block.t(), mix_t, out=acc)
+            else:
+                acc.copy_(block[0]).mul_(float(mix[0]))
+                for i in range(1, stack.shape[0]):
+                    acc.add_(block[i], alpha=float(mix[i]))
+            if u is not None:
+                acc.view(r1 - r0, cols).addmm_(u[r0:r1], plan.v)
+            out = acc if direct else pipeline.buffer(param.dtype, n).copy_(acc)
+            pipeline.send(dest[r0:r1].view(-1), out)
 
     def _set_with_method(self, w: np.ndarray, density: float | None) -> None:
         """TIES/DARE need every row's dense tensor: adapters' ΔW is built per tensor, then dropped."""
@@ -209,3 +252,9 @@ class ResidentModel(LiveModel):
     def resident_bytes(self) -> int:
         """Bytes held by the resident checkpoint stacks and adapter factors."""
         return sum(plan.resident_bytes for plan in self._plans if plan is not None)
+
+
+def _rows_cols(param: torch.Tensor) -> tuple[int, int]:
+    """``param`` as a matrix of whole rows (its first dimension), for chunking."""
+    rows = int(param.shape[0]) if param.dim() else 1
+    return rows, param.numel() // max(rows, 1)
