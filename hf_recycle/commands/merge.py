@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hf_recycle.commands import options
+from hf_recycle.merge.methods.registry import METHOD_NAMES
 
 EXAMPLES = """\
 examples:
@@ -21,8 +22,6 @@ Hub specs (org/name@rev:sub/folder, globs, @history) are pinned to commit shas a
 written to DIR/checkpoints.lock.json. --endpoint (default: HF_ENDPOINT, else
 huggingface.co) picks the Hub; the token comes from HF_TOKEN or `hf auth login`.
 """
-
-METHOD_NAMES = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -35,14 +35,11 @@ from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError
 from hf_recycle.hub.files import TOKENIZER_FILES
 from hf_recycle.merge.adapter_config import ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX
 from hf_recycle.merge.lora import LoraModule, LoraSource
-from hf_recycle.merge.methods import MergeMethod, MethodParams
+from hf_recycle.merge.methods import LINEAR_IN_DELTA, MergeMethod, MethodParams
 from hf_recycle.merge.sources import TensorSource
 from hf_recycle.merge.streaming import one_cpu_thread
 
 logger = logging.getLogger(__name__)
-
-#: Methods whose result is base + Σ cᵢ·ΔWᵢ (the others trim or drop entries of ΔW).
-LINEAR_DELTA_METHODS = ("linear", "task_arithmetic")
 
 
 def parse_lora_rank(value: str | int | None) -> str | int:
@@ -69,25 +66,21 @@ def delta_coefficients(method: MergeMethod, weights: Sequence[float], params: Me
         MergeConfigError: The method is not linear in ΔW (ties, dare_*), or a linear merge
             without normalization whose weights do not sum to 1 (its result is not base + ΔW).
     """
-    total = sum(weights)
-    if method.name == "linear":
-        if params.normalize:
-            return [w / total for w in weights]
-        if abs(total - 1.0) > 1e-6:
-            raise MergeConfigError(
-                f"a linear merge without normalization of weights summing to {total:g} is "
-                f"{total:g}·base + Σ wᵢΔWᵢ, which is not base + an adapter: normalize, make the weights "
-                "sum to 1, or use --output-format full"
-            )
-        return list(weights)
-    if method.name == "task_arithmetic":
-        scale = params.lambda_ / (total if params.normalize and abs(total) >= 1e-8 else 1.0)
-        return [w * scale for w in weights]
-    raise MergeConfigError(
-        f"--output-format lora supports the methods {' and '.join(LINEAR_DELTA_METHODS)}, whose result is "
-        f"base + Σ cᵢ·ΔWᵢ; '{method.name}' trims or drops entries of each ΔW, which no low-rank adapter "
-        "holds: use --output-format full"
-    )
+    if not method.linear_in_delta:
+        raise MergeConfigError(
+            f"--output-format lora supports the methods {' and '.join(LINEAR_IN_DELTA)}, whose result is "
+            f"base + Σ cᵢ·ΔWᵢ; '{method.name}' trims or drops entries of each ΔW, which no low-rank adapter "
+            "holds: use --output-format full"
+        )
+    a, b = method.linear_coefficients(weights, params)
+    total = sum(a) + b  # Σ aᵢ(base + ΔWᵢ) + b·base = (Σ aᵢ + b)·base + Σ aᵢΔWᵢ
+    if abs(total - 1.0) > 1e-6:
+        raise MergeConfigError(
+            f"a {method.name} merge without normalization of weights summing to {total:g} is "
+            f"{total:g}·base + Σ wᵢΔWᵢ, which is not base + an adapter: normalize, make the weights "
+            "sum to 1, or use --output-format full"
+        )
+    return a
 
 
 @dataclass

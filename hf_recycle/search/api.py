@@ -125,7 +125,7 @@ def prepare(
     from hf_recycle.merge.inputs import open_inputs
     from hf_recycle.merge.methods import get_method
     from hf_recycle.preflight import check_resolved
-    from hf_recycle.search.live import _check_compatible
+    from hf_recycle.search.live import _check_compatible, default_normalize
 
     recipe, base_dir = _load_recipe(recipe, base_dir, trials, tasks=scorers is None)
     if endpoint and endpoint != recipe.endpoint:
@@ -178,12 +178,11 @@ def prepare(
             search_density=bool(spec.search_density and method.uses_density),
             default_density=recipe.merge.density,
         )
-        if recipe.merge.normalize is not None:
-            normalize = bool(recipe.merge.normalize)
-        elif method.name == "linear":
-            normalize = spec.weights == "simplex"
-        else:
-            normalize = method.default_normalize
+        normalize = (
+            default_normalize(method.name, spec.weights)
+            if recipe.merge.normalize is None
+            else bool(recipe.merge.normalize)
+        )
         config = StudyConfig(
             space=space,
             checkpoints=[pin.pinned_spec() for pin in pins],

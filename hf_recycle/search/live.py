@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError, ShapeMismatchError
+from hf_recycle.merge.methods import get_method
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -24,8 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-LINEAR_METHODS = ("linear", "task_arithmetic")
-NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -37,7 +36,6 @@ def default_normalize(method: str, parameterization: str = "simplex") -> bool:
     engine's defaults (ties normalizes; task arithmetic, DARE-linear and DARE-TIES do not),
     so that a candidate equals ``hf-recycle merge`` of the same weights.
     """
-    from hf_recycle.merge.methods import get_method
 
     if method == "linear":
         return parameterization == "simplex"
@@ -90,7 +88,7 @@ class LiveModel:
     Args:
         sources: The K checkpoints, as tensor sources (all of one architecture).
         base: The base checkpoint, needed by task-vector methods.
-        method: Merge method name (``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``).
+        method: A registered merge method's name (:data:`hf_recycle.merge.methods.METHOD_NAMES`).
         lambda_: Scale of the merged task vector (task-vector methods).
         normalize: Divide by the weight sum (see :func:`default_normalize` for ``None``).
         seed: Seed of DARE's random masks.
@@ -121,7 +119,7 @@ class LiveModel:
 
         if len(sources) < 2:
             raise IncompatibleCheckpointsError(f"a merge needs at least 2 checkpoints, got {len(sources)}")
-        if method in NEEDS_BASE and base is None:
+        if get_method(method).needs_base and base is None:
             raise MergeConfigError(
                 f"merge method '{method}' needs a base checkpoint: add 'base: <spec>' to the recipe"
             )
@@ -130,7 +128,7 @@ class LiveModel:
         self.normalize = default_normalize(method) if normalize is None else bool(normalize)
         self.seed = seed
         self.n_checkpoints = len(sources)
-        self.base = base if method in NEEDS_BASE else None  # the base row the merge mixes in
+        self.base = base if get_method(method).needs_base else None  # the base row the merge mixes in
         self.device = torch.device(pick_device(device))
         keys = _check_compatible(sources, base)
         self.model = self._build_model(sources[0], dtype)
@@ -158,7 +156,7 @@ class LiveModel:
 
     def _method_params(self, density: float | None) -> tuple[Any, Any]:
         """The registered merge method and its resolved parameters for one candidate."""
-        from hf_recycle.merge.methods import get_method, resolve_params
+        from hf_recycle.merge.methods import resolve_params
 
         method = get_method(self.method)
         params = resolve_params(

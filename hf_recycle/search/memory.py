@@ -247,7 +247,6 @@ def estimate_needs(
     from hf_recycle.merge.methods import get_method, resolve_params
     from hf_recycle.merge.streaming import CPU_BLOCK_ELEMENTS, CUDA_BLOCK_ELEMENTS, default_workers
     from hf_recycle.search.host_tier import HOST_CHUNK_ELEMENTS
-    from hf_recycle.search.live import NEEDS_BASE
 
     ref = sources[0]
     keys = [k for k in ref.keys() if ref.dtype(k).is_floating_point]
@@ -256,7 +255,8 @@ def estimate_needs(
         live_dtype = first if first.is_floating_point else torch.float32
     else:
         live_dtype = getattr(torch, dtype)
-    rows = [*sources, *([base] if base is not None and method in NEEDS_BASE else [])]
+    merge_method = get_method(method)
+    rows = [*sources, *([base] if base is not None and merge_method.needs_base else [])]
     numels = {k: _numel(ref.shape(k)) for k in keys}
     max_numel = max(numels.values(), default=0)
     live = sum(n * live_dtype.itemsize for n in numels.values())
@@ -270,9 +270,7 @@ def estimate_needs(
         )
     else:
         stacks = sum(len(rows) * numels[k] * _store_dtype(rows, k).itemsize for k in keys)
-    merge_method = get_method(method)
-    weighted_sum = method in ("linear", "task_arithmetic")
-    resident_buffers = max_numel * 4 * (1 if weighted_sum else len(rows) + 2)
+    resident_buffers = max_numel * 4 * (1 if merge_method.linear_in_delta else len(rows) + 2)
     # disk tier: each engine worker holds its inputs' blocks, their float32 merge and the cast output
     device = torch.device(device_type)
     block = CUDA_BLOCK_ELEMENTS if device.type == "cuda" else CPU_BLOCK_ELEMENTS

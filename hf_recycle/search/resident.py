@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hf_recycle.merge.methods import get_method
 from hf_recycle.search.host_tier import HOST_CHUNK_ELEMENTS, ChunkPipeline
-from hf_recycle.search.live import LINEAR_METHODS, LiveModel
+from hf_recycle.search.live import LiveModel
 from hf_recycle.search.lora_candidate import TensorPlan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,16 +129,12 @@ class ResidentModel(LiveModel):
 
     def coefficients(self, weights: np.ndarray) -> np.ndarray:
         """Per-group coefficients of the resident rows (K checkpoints, then the base) for linear methods."""
-        w = self._weight_matrix(weights)
-        sums = w.sum(axis=1, keepdims=True)
-        if self.normalize and self.method == "linear":
-            w = w / sums
-        elif self.normalize:  # task arithmetic divides by the sum unless it is ~0 (as the engine does)
-            w = w / np.where(np.abs(sums) >= 1e-8, sums, 1.0)
-        if self.method == "linear":
-            return w
-        scaled = self.lambda_ * w
-        return np.concatenate([scaled, 1.0 - scaled.sum(axis=1, keepdims=True)], axis=1)
+        method, params = self._method_params(None)
+        rows = []
+        for row in self._weight_matrix(weights):
+            a, b = method.linear_coefficients([float(x) for x in row], params)
+            rows.append([*a, b] if self.has_base_row else a)
+        return np.asarray(rows, dtype=np.float64)
 
     def set_weights(self, weights: np.ndarray | Sequence[float], density: float | None = None) -> None:
         """Write the merge of ``weights`` (``(K,)`` or ``(G, K)``) into the live model, in place."""
@@ -145,7 +142,7 @@ class ResidentModel(LiveModel):
 
         w = self._weight_matrix(weights)
         with torch.no_grad():
-            if self.method not in LINEAR_METHODS:
+            if not get_method(self.method).linear_in_delta:
                 self._set_with_method(w, density)
                 return
             coef = self.coefficients(w)

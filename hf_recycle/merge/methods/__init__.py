@@ -1,6 +1,7 @@
 """Merge methods: pure float32 arithmetic on tensors or blocks of rows, no I/O.
 
-Each method is a small object, one per module, registered in :data:`METHODS` with a ``pretty_name``, a paper
+Each method is a small object in its own module, found by the registry (:data:`METHODS`;
+see :mod:`~hf_recycle.merge.methods.registry`) with a ``pretty_name``, a paper
 ``reference_url``, whether it ``needs_base``, its ``default_normalize``, and
 :meth:`MergeMethod.combine`, which merges the same tensor (or the same block of rows
 of it) from every checkpoint. The streaming engine calls ``combine`` on row blocks
@@ -32,7 +33,14 @@ from hf_recycle.merge.methods._base import (
 )
 from hf_recycle.merge.methods.dare import DareLinear, DareTies
 from hf_recycle.merge.methods.linear import Linear
-from hf_recycle.merge.methods.registry import METHODS, get_method, resolve_params
+from hf_recycle.merge.methods.registry import (
+    LINEAR_IN_DELTA,
+    METHOD_NAMES,
+    METHODS,
+    NEEDS_BASE,
+    get_method,
+    resolve_params,
+)
 from hf_recycle.merge.methods.sparsify import (
     DARE_BLOCK,
     apply_threshold,
@@ -47,10 +55,13 @@ from hf_recycle.merge.methods.weights import GroupWeights, check_weights
 __all__ = [
     "DARE_BLOCK",
     "METHODS",
+    "METHOD_NAMES",
+    "NEEDS_BASE",
     "DareLinear",
     "DareTies",
     "GroupWeights",
     "KeepThreshold",
+    "LINEAR_IN_DELTA",
     "Linear",
     "MergeMethod",
     "MethodParams",

@@ -5,11 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from hf_recycle.errors import MergeConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,16 @@ class Workspace:
     """Named float32 buffers reused across calls (grown when a larger block comes)."""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
+        import torch
+
         self.device = torch.device(device)
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A buffer of ``shape`` (contents undefined) backed by the storage called ``name``."""
+    def get(self, name: str, shape: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A buffer of ``shape`` (default dtype float32, contents undefined) backed by the storage ``name``."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
         numel = 1
         for dim in shape:
             numel *= dim
@@ -93,6 +99,10 @@ class MergeMethod(ABC):
         weighted_sum: Whether :meth:`combine` is Σ wᵢxᵢ (divided by Σ wᵢ when normalize), so
             that inputs holding the same tensor may be passed once with the sum of their
             weights, and low-rank deltas added afterwards.
+        linear_in_delta: Whether the result is base + Σ cᵢ·ΔWᵢ with coefficients that depend on
+            the weights only (no entry of a ΔW trimmed or dropped): the search's candidate is
+            then one weighted sum per tensor, and a LoRA output can hold it.
+        order: Where the method is listed (``--method`` choices, errors).
     """
 
     name: ClassVar[str]
@@ -102,6 +112,18 @@ class MergeMethod(ABC):
     default_normalize: ClassVar[bool] = False
     uses_density: ClassVar[bool] = False
     weighted_sum: ClassVar[bool] = False
+    linear_in_delta: ClassVar[bool] = False
+    order: ClassVar[int] = 100
+
+    def linear_coefficients(
+        self, weights: Sequence[float], params: MethodParams
+    ) -> tuple[list[float], float]:
+        """``(a, b)`` with merged = Σ aᵢ·θᵢ + b·θ_base, for a method that is :attr:`linear_in_delta`.
+
+        Raises:
+            MergeConfigError: The method trims or drops entries of its task vectors.
+        """
+        raise MergeConfigError(f"merge method '{self.name}' is not a weighted sum of its inputs")
 
     def needs_stats(self, params: MethodParams) -> bool:
         """Whether :meth:`tensor_stats` must run over whole tensors before row blocks are combined."""
@@ -151,6 +173,8 @@ class MergeMethod(ABC):
 
 
 def prepare(tensors: Sequence[torch.Tensor], out: torch.Tensor | None, workspace: Workspace | None):
+    import torch
+
     if not tensors:
         raise MergeConfigError("a merge needs at least one checkpoint")
     ws = workspace or Workspace(tensors[0].device)

@@ -9,6 +9,7 @@ class DareLinear(TaskVectorMethod):
     """DARE: drop task-vector entries at random, rescale survivors, add (task arithmetic)."""
 
     name = "dare_linear"
+    order = 3
     pretty_name = "Linear DARE"
     reference_url = "https://arxiv.org/abs/2311.03099"
     uses_density = True
@@ -19,6 +20,7 @@ class DareTies(TaskVectorMethod):
     """DARE sparsification followed by TIES sign election."""
 
     name = "dare_ties"
+    order = 4
     pretty_name = "DARE TIES"
     reference_url = "https://arxiv.org/abs/2311.03099"
     uses_density = True

@@ -9,11 +9,19 @@ class Linear(MergeMethod):
     """Weighted average of the checkpoints (model soups)."""
 
     name = "linear"
+    linear_in_delta = True
+    order = 0
     pretty_name = "Linear"
     reference_url = "https://arxiv.org/abs/2203.05482"
     needs_base = False
     default_normalize = True
     weighted_sum = True
+
+    def linear_coefficients(self, weights, params):
+        total = float(sum(weights))
+        if params.normalize:
+            return [float(w) / total for w in weights], 0.0
+        return [float(w) for w in weights], 0.0
 
     def combine(
         self,

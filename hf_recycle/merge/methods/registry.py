@@ -1,18 +1,59 @@
-"""The method registry (``--method`` names) and validation of user parameters."""
+"""The method registry: every merge method, found in its own module of this package.
+
+A merge method is one module of :mod:`hf_recycle.merge.methods` defining a
+:class:`~hf_recycle.merge.methods._base.MergeMethod` subclass with a ``name``: its class
+attributes are the table row (name, pretty name, reference, whether it needs a base,
+uses a density, is linear in each ΔW, its normalize default) that the recipe
+schema, the command line, the search's candidate model, the LoRA output and the model
+card all read. Importing the registry does not import torch. Adding a method is adding
+one module (and its test: :mod:`hf_recycle.testing.conformance` checks it end to end).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from hf_recycle.errors import MergeConfigError
 from hf_recycle.merge.methods._base import MergeMethod, MethodParams
-from hf_recycle.merge.methods.dare import DareLinear, DareTies
-from hf_recycle.merge.methods.linear import Linear
-from hf_recycle.merge.methods.task_arithmetic import TaskArithmetic
-from hf_recycle.merge.methods.ties import Ties
 
-#: Registry: ``--method`` name -> method object.
-METHODS: dict[str, MergeMethod] = {
-    m.name: m for m in (Linear(), TaskArithmetic(), Ties(), DareLinear(), DareTies())
-}
+#: Modules of this package that hold machinery, not methods.
+_NOT_METHODS = frozenset({"registry", "sparsify", "weights"})
+
+
+def _discover() -> dict[str, MergeMethod]:
+    import hf_recycle.merge.methods as package
+
+    found: list[type[MergeMethod]] = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_") or info.name in _NOT_METHODS:
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, MergeMethod)
+                and value.__module__ == module.__name__
+                and "name" in vars(value)
+            ):
+                found.append(value)
+    found.sort(key=lambda cls: (cls.order, cls.name))
+    methods: dict[str, MergeMethod] = {}
+    for cls in found:
+        if cls.name in methods:
+            raise RuntimeError(f"two merge methods are named '{cls.name}': {cls.__module__} and another")
+        methods[cls.name] = cls()
+    return methods
+
+
+#: Registry: ``--method`` name -> method object, in listing order.
+METHODS: dict[str, MergeMethod] = _discover()
+#: The method names, in listing order (``--method`` choices, the recipe schema).
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+#: Methods that mix in a base checkpoint (task vectors).
+NEEDS_BASE: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.needs_base)
+#: Methods whose result is base + Σ cᵢ·ΔWᵢ (no entry trimmed or dropped).
+LINEAR_IN_DELTA: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.linear_in_delta)
 
 
 def get_method(name: str) -> MergeMethod:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from hf_recycle.merge.methods._base import KeepThreshold
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: Elements per block of the DARE mask stream (fixed: changing it changes every mask).
 DARE_BLOCK = 1 << 20
@@ -25,6 +27,8 @@ def dare_keep_mask(
 
     Drawn on the CPU, block by block, so any slicing of the tensor sees the same mask.
     """
+    import torch
+
     parts = []
     pos = start
     end = start + count
@@ -46,6 +50,8 @@ def magnitude_threshold(abs_delta: torch.Tensor, density: float) -> KeepThreshol
     Keeps exactly k = max(1, ⌊density·numel⌋) entries: all above the k-th largest value,
     and as many of those equal to it as needed, first in flat order.
     """
+    import torch
+
     flat = abs_delta.reshape(-1)
     numel = flat.numel()
     if density >= 1 or numel == 0:
@@ -70,6 +76,8 @@ def magnitude_threshold(abs_delta: torch.Tensor, density: float) -> KeepThreshol
 
 def apply_threshold(delta: torch.Tensor, thr: KeepThreshold | None, offset: int) -> None:
     """Zero, in place, the entries of a (block of a) task vector that TIES drops."""
+    import torch
+
     if thr is None:
         return
     flat = delta.reshape(-1)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from hf_recycle.errors import MergeConfigError
 from hf_recycle.merge.methods._base import (
@@ -16,6 +14,9 @@ from hf_recycle.merge.methods._base import (
     row_offset,
 )
 from hf_recycle.merge.methods.sparsify import apply_threshold, dare_keep_mask, magnitude_threshold
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 class TaskVectorMethod(MergeMethod):
@@ -91,6 +92,8 @@ class TaskVectorMethod(MergeMethod):
     @staticmethod
     def _consensus(deltas, weights, params, out, ws) -> None:
         """TIES sign election on weighted deltas dᵢ; writes the (normalized) mixed delta into ``out``."""
+        import torch
+
         shape = deltas[0].shape
         elected = ws.get("elected", shape).copy_(deltas[0])
         for d in deltas[1:]:
@@ -113,5 +116,13 @@ class TaskArithmetic(TaskVectorMethod):
     """θ_base + λ·Σ wᵢτᵢ (editing models with task vectors)."""
 
     name = "task_arithmetic"
+    linear_in_delta = True
+    order = 1
     pretty_name = "Task Arithmetic"
     reference_url = "https://arxiv.org/abs/2212.04089"
+
+    def linear_coefficients(self, weights, params):
+        total = float(sum(weights))
+        scale = params.lambda_ / (total if params.normalize and abs(total) >= 1e-8 else 1.0)
+        a = [float(w) * scale for w in weights]
+        return a, 1.0 - sum(a)
