@@ -236,7 +236,8 @@ class ResidentModel(LiveModel):
             row = [float(x) for x in w[min(g, w.shape[0] - 1)]]
             out = self._buffer[: param.numel()].view(param.shape)
             tensors = [plan.row(i) for i in range(k)]
-            method.combine(tensors, row, plan.row(k), params, name, out=out, workspace=self._workspace)
+            base = plan.row(k) if self.has_base_row else None
+            method.combine(tensors, row, base, params, name, out=out, workspace=self._workspace)
             del tensors
             param.copy_(out)
 
