@@ -282,13 +282,22 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if device == "cpu":
         return torch.device("cpu")
-    if device.startswith("cuda"):
+    if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise MergeConfigError(
                 f"--device {device} was asked for but no CUDA device is available: use --device cpu or auto"
             )
-        return torch.device(device)
-    raise MergeConfigError(f"device '{device}' is not supported: use auto, cpu or cuda")
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise MergeConfigError(f"device '{device}' is not a device: use cuda or cuda:N") from None
+        count = torch.cuda.device_count()
+        if chosen.index is not None and chosen.index >= count:
+            raise MergeConfigError(
+                f"device '{device}' does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+        return chosen
+    raise MergeConfigError(f"device '{device}' is not supported: use auto, cpu, cuda or cuda:N")
 
 
 def _describe(method: MergeMethod, params: MethodParams, weights: Sequence[float] | GroupWeights) -> str:

@@ -44,7 +44,7 @@ from hf_recycle.merge.adapter_config import (
     LoraAdapterConfig,
     read_adapter_config,
 )
-from hf_recycle.merge.sources import LowRankForm, TensorSource
+from hf_recycle.merge.sources import SAFETENSORS_DTYPES, LowRankForm, TensorSource
 
 logger = logging.getLogger(__name__)
 
@@ -131,26 +131,12 @@ class _AdapterTensors:
         return (
             self.get(key).dtype
             if self._handle is None
-            else _SAFETENSORS_DTYPE[self._handle.get_slice(key).get_dtype()]
+            else SAFETENSORS_DTYPES[self._handle.get_slice(key).get_dtype()]
         )
 
     def close(self) -> None:
         self._handle = None
         self._tensors = {}
-
-
-_SAFETENSORS_DTYPE = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 class SharedBase(TensorSource):

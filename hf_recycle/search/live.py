@@ -72,14 +72,10 @@ def _check_compatible(sources: Sequence[TensorSource], base: TensorSource | None
 
 
 def pick_device(device: str = "auto") -> str:
-    """``cuda`` when asked or available (``auto``), else ``cpu``."""
-    import torch
+    """The device the live model runs on, by the merge engine's rules (:func:`~hf_recycle.merge.engine.resolve_device`)."""
+    from hf_recycle.merge.engine import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MergeConfigError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu")
-    return device
+    return str(resolve_device(device))
 
 
 class LiveModel:
