@@ -20,6 +20,7 @@ import torch
 
 from hf_recycle.errors import TaskError
 from hf_recycle.score import encoding
+from hf_recycle.score.aggregate import oriented_mean
 from hf_recycle.score.batching import (
     Batch,
     accepts_logits_to_keep,
@@ -373,7 +374,6 @@ def macro_average(
         w = [float(x) for x in weights]
         if len(w) != len(items):
             raise TaskError(f"macro_average: {len(w)} weights for {len(items)} task results")
-    total = math.fsum(w)
-    if total <= 0:
+    if math.fsum(w) <= 0:
         raise TaskError("macro_average: the task weights must sum to a positive number")
-    return math.fsum(wi * r.oriented_value for wi, r in zip(w, items, strict=True)) / total
+    return oriented_mean((r.value, wi, r.higher_is_better) for wi, r in zip(w, items, strict=True))

@@ -44,11 +44,9 @@ class CandidateModel(Protocol):
 
 def macro_mean(values: dict[str, float], scorers: Sequence[Scorer]) -> float:
     """Task-weighted mean of ``values``, lower-is-better tasks negated: the objective to maximize."""
-    total = math.fsum(s.weight for s in scorers)
-    return (
-        math.fsum(s.weight * (values[s.name] if s.higher_is_better else -values[s.name]) for s in scorers)
-        / total
-    )
+    from hf_recycle.score.aggregate import oriented_mean
+
+    return oriented_mean((values[s.name], s.weight, s.higher_is_better) for s in scorers)
 
 
 def score_all(

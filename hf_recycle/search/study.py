@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -409,11 +409,3 @@ def pruned_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     from optuna.trial import TrialState
 
     return sum(t.state == TrialState.PRUNED and DUPLICATE_ATTR not in t.user_attrs for t in trials)
-
-
-def objective_values(
-    scores: Mapping[str, float], weights: Mapping[str, float], directions: Mapping[str, bool]
-) -> float:
-    """Task-weighted macro-average with each task's direction applied (lower-better tasks negated)."""
-    total = sum(weights[name] for name in scores)
-    return sum(weights[n] * (v if directions[n] else -v) for n, v in scores.items()) / total
