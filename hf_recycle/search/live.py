@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError, ShapeMismatchError
+from hf_recycle.errors import IncompatibleCheckpointsError, MergeConfigError
 from hf_recycle.merge.methods import get_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,32 +43,16 @@ def default_normalize(method: str, parameterization: str = "simplex") -> bool:
 
 
 def _check_compatible(sources: Sequence[TensorSource], base: TensorSource | None) -> list[str]:
-    """Tensor names shared by every source; raises when architectures or shapes differ."""
-    ref = sources[0]
-    ref_type = (ref.config.get("model_type"), tuple(ref.config.get("architectures") or ()))
-    for src in [*sources[1:], *([base] if base is not None else [])]:
-        other = (src.config.get("model_type"), tuple(src.config.get("architectures") or ()))
-        if other != ref_type:
-            raise IncompatibleCheckpointsError(
-                f"checkpoint '{src.name}' is a {other[0]} {list(other[1])} but '{ref.name}' is a "
-                f"{ref_type[0]} {list(ref_type[1])}: merge only checkpoints of one architecture"
-            )
-    keys = ref.keys()
-    for src in [*sources[1:], *([base] if base is not None else [])]:
-        other_keys = set(src.keys())
-        missing = [k for k in keys if k not in other_keys]
-        if missing:
-            raise IncompatibleCheckpointsError(
-                f"checkpoint '{src.name}' lacks tensor '{missing[0]}' that '{ref.name}' has "
-                f"({len(missing)} missing): merge only checkpoints of one architecture"
-            )
-        for key in keys:
-            if tuple(src.shape(key)) != tuple(ref.shape(key)):
-                raise ShapeMismatchError(
-                    f"tensor '{key}' has shape {tuple(ref.shape(key))} in '{ref.name}' but shape "
-                    f"{tuple(src.shape(key))} in '{src.name}'"
-                )
-    return keys
+    """The tensor names of the merge, after the merge engine's own check of every input and the base.
+
+    Raises:
+        IncompatibleCheckpointsError, ShapeMismatchError: As :func:`hf_recycle.merge.compat.check_compatible`
+            (every problem listed, not only the first).
+    """
+    from hf_recycle.merge.compat import check_compatible
+
+    check_compatible([*sources, *([base] if base is not None else [])])
+    return list(sources[0].keys())
 
 
 def pick_device(device: str = "auto") -> str:
