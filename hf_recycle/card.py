@@ -1,4 +1,10 @@
-"""Model cards of merged models, rendered from the Jinja templates in ``hf_recycle/model_cards/``.
+"""Model cards of merged models, rendered from a Jinja template.
+
+The bundled template is ``merge.md`` in the top-level ``model_cards/`` folder, installed as the
+package data ``hf_recycle.model_cards``; a recipe names its own with ``card: {template: path}``
+(resolved against the recipe's folder). ``model_cards/README.md`` lists the variables a
+template is rendered with (:data:`TEMPLATE_VARIABLES`); :func:`template_problems` checks a
+template before a run.
 
 :func:`build_card` turns a search's ``results.json`` content, the recipe and the pins into a
 :class:`huggingface_hub.ModelCard` whose metadata the Hub understands (``base_model`` and
@@ -18,9 +24,12 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_recycle.errors import RecipeError
 from hf_recycle.search.report import format_comparison, format_score, versus_baselines
 
 if TYPE_CHECKING:  # pragma: no cover
+    from importlib.resources.abc import Traversable
+
     from huggingface_hub import ModelCard
 
     from hf_recycle.hub.pins import PinnedCheckpoint
@@ -28,9 +37,48 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_card", "write_card", "card_metadata", "DEFAULT_TEMPLATE", "PAPER_URL", "CITATION"]
+__all__ = [
+    "build_card",
+    "write_card",
+    "card_metadata",
+    "bundled_template",
+    "template_path",
+    "template_problems",
+    "load_template",
+    "DEFAULT_TEMPLATE",
+    "TEMPLATE_VARIABLES",
+    "PAPER_URL",
+    "CITATION",
+]
 
+TEMPLATES_PACKAGE = "hf_recycle.model_cards"  # the top-level model_cards/ folder (see pyproject.toml)
 DEFAULT_TEMPLATE = "merge.md"
+# What build_card renders a template with; model_cards/README.md documents each one.
+TEMPLATE_VARIABLES = (
+    "card_data",
+    "title",
+    "paper_url",
+    "citation",
+    "sources",
+    "base",
+    "any_local",
+    "layer_weights",
+    "method",
+    "search",
+    "objective_text",
+    "member",
+    "tasks",
+    "task_names",
+    "has_test",
+    "results_rows",
+    "comparison",
+    "plots",
+    "command",
+    "recipe_text",
+    "versions",
+)
+# huggingface_hub also passes the card metadata's keys, each only when it is set.
+METADATA_VARIABLES = ("base_model", "base_model_relation", "tags", "library_name", "license", "model_name")
 CARD_FILENAME = "README.md"
 PAPER_URL = "https://arxiv.org/abs/2412.04144"
 CITATION = """\
@@ -245,11 +293,16 @@ def build_card(
         repo_id: The repo the card is pushed to (names the model); default: the recipe's name.
         licenses: Source repo id -> its license (``None`` when unknown); the card's ``license``
             is set only when every source has the same one.
-        template: A Jinja template file to use instead of the bundled ``merge.md``.
+        template: A Jinja template file to use instead of the bundled ``merge.md`` (a relative
+            path resolves against the current folder; see :func:`template_path`).
 
     Returns:
         The card; ``str(card)`` is the README.md text, and ``ModelCard(str(card)).data``
         gives the metadata back.
+
+    Raises:
+        RecipeError: The template cannot be read, does not parse, names an unknown variable or
+            fails to render; the message names the file.
     """
     from huggingface_hub import ModelCard
 
@@ -335,14 +388,118 @@ def build_card(
         "recipe_text": recipe_text,
         "versions": library_versions(),
     }
-    if template is not None:
-        template_str = Path(template).read_text(encoding="utf-8")
-    else:
-        template_str = (
-            resources.files("hf_recycle").joinpath("model_cards", DEFAULT_TEMPLATE).read_text("utf-8")
-        )
-    card = ModelCard.from_template(data, template_str=template_str, **context)
+    template_str = load_template(template)
+    import jinja2
+
+    try:
+        card = ModelCard.from_template(data, template_str=template_str, **context)
+    except jinja2.TemplateError as exc:
+        raise RecipeError(
+            f"card template {_template_name(template)} does not render: {_jinja_error(exc)}"
+        ) from None
     return ModelCard(str(card))  # parse once, so card.data is what a reader of README.md gets
+
+
+# --- templates ------------------------------------------------------------------------------------
+
+
+def bundled_template(name: str = DEFAULT_TEMPLATE) -> Traversable:
+    """The bundled template ``name`` (``model_cards/<name>`` in a source checkout)."""
+    return resources.files(TEMPLATES_PACKAGE).joinpath(name)
+
+
+def template_path(template: str | Path, base_dir: str | Path) -> Path:
+    """The file a recipe's ``card.template`` names: ``~`` expanded, a relative path joined to
+    ``base_dir`` (the recipe file's folder, as for the tasks' data files)."""
+    path = Path(template).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def _template_name(template: str | Path | None) -> str:
+    return f"'{DEFAULT_TEMPLATE}' (bundled)" if template is None else f"'{template}'"
+
+
+def _jinja_error(exc: Exception) -> str:
+    line = getattr(exc, "lineno", None)
+    return f"line {line}: {exc.message}" if line and getattr(exc, "message", None) else str(exc)
+
+
+def _read(template: str | Path | None) -> str:
+    if template is None:
+        return bundled_template().read_text(encoding="utf-8")
+    path = Path(template)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"card template '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise RecipeError(f"card template '{path}' is a folder: name a Jinja template file") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"card template '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise RecipeError(f"card template '{path}' cannot be read: {exc.strerror or exc}") from None
+
+
+def template_problems(template: str | Path | None) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` of a card template file (``None``: the bundled one), each naming the file.
+
+    Errors: the file cannot be read, is not valid Jinja (syntax, an unknown filter or test),
+    or names a variable that a card is not rendered with (a typo would print nothing).
+    Warning: it does not print ``{{ card_data }}``, so the card has no metadata header.
+    """
+    _, errors, warnings = _inspect(template)
+    return errors, warnings
+
+
+def _inspect(template: str | Path | None) -> tuple[str | None, list[str], list[str]]:
+    """``(text, errors, warnings)`` of :func:`template_problems` (text None when unreadable)."""
+    import difflib
+
+    import jinja2
+    from jinja2 import meta
+
+    name = _template_name(template)
+    try:
+        text = _read(template)
+    except RecipeError as exc:
+        return None, [str(exc)], []
+    env = jinja2.Environment()  # what huggingface_hub's jinja2.Template(...) renders with
+    try:
+        ast = env.parse(text)
+        env.compile(ast)  # unknown filters and tests are found here
+    except jinja2.TemplateError as exc:
+        return text, [f"card template {name} is not a valid Jinja template: {_jinja_error(exc)}"], []
+    used = meta.find_undeclared_variables(ast)
+    known = {*TEMPLATE_VARIABLES, *METADATA_VARIABLES, *env.globals}
+    errors = []
+    for var in sorted(used - known):
+        close = difflib.get_close_matches(var, [*TEMPLATE_VARIABLES, *METADATA_VARIABLES], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        errors.append(
+            f"card template {name} uses '{var}', which is not a card variable ({hint}the variables "
+            "are listed in model_cards/README.md)"
+        )
+    warnings = []
+    if not errors and "card_data" not in used:
+        warnings.append(
+            f"card template {name} does not print {{{{ card_data }}}}: the card will have no metadata "
+            "(base_model, tags, model-index); start it with ---, {{ card_data }}, --- lines as merge.md does"
+        )
+    return text, errors, warnings
+
+
+def load_template(template: str | Path | None = None) -> str:
+    """The text of a card template file (``None``: the bundled ``merge.md``), checked.
+
+    Raises:
+        RecipeError: Any error of :func:`template_problems`, naming the file.
+    """
+    text, errors, _ = _inspect(template)
+    if errors or text is None:
+        raise RecipeError("; ".join(errors))
+    return text
 
 
 def write_card(folder: str | Path, card: ModelCard) -> Path:

@@ -366,6 +366,7 @@ def run(
     )
     licenses = _source_licenses([*pins, *([base] if base else [])], endpoint, token)
     repo_id = parsed.push.repo if parsed.push else None
+    template = _card_template(parsed, base_dir)
     model_dirs = []
     for folder, entry, member in entries:
         _finish_model_folder(
@@ -382,12 +383,21 @@ def run(
             out,
             endpoint,
             token,
+            template,
         )
         model_dirs.append(folder)
     result = RunResult(output_dir=out, results=results, model_dirs=model_dirs)
     if push:
         result.pushes = _push_all(parsed, entries, published, endpoint, token)
     return result
+
+
+def _card_template(recipe: Any, base_dir: Path) -> Path | None:
+    """The recipe's ``card.template`` resolved against ``base_dir`` (None: the bundled template)."""
+    from hf_recycle.card import template_path
+
+    card = getattr(recipe, "card", None)
+    return template_path(card.template, base_dir) if card is not None else None
 
 
 @dataclass(frozen=True)
@@ -417,6 +427,7 @@ def _finish_model_folder(
     out: Path,
     endpoint: str | None,
     token: str | bool | None,
+    template: Path | None = None,
 ) -> None:
     """Merge one entry into ``folder`` and write its lock file, results, recipe and model card.
 
@@ -463,6 +474,7 @@ def _finish_model_folder(
         member=member,
         repo_id=name,
         licenses=licenses,
+        template=template,
     )
     write_card(folder, card)
     logger.info("wrote %s", folder)

@@ -11,7 +11,9 @@ module checks what needs the machine:
 - local checkpoint folders exist and hold weights;
 - the trials cover the baselines when the specs say how many checkpoints there are.
   A glob (``org/run@step-*``) is counted only by resolving it: :func:`check_resolved`
-  runs after the resolve and before any download.
+  runs after the resolve and before any download;
+- the model card template a recipe names (``card: {template: ...}``) exists, is valid
+  Jinja and uses only the card's variables.
 
 ``hf-recycle validate`` runs :func:`check_file`; ``search`` and ``run`` run
 :func:`load_recipe` (a file) or :func:`check_recipe` (a Recipe object), then
@@ -168,6 +170,9 @@ def check_file(
     base = Path(base_dir) if base_dir is not None else path.resolve().parent
     parts = _Parts.of_data(parsed.data)
     _check_checkpoints(report, parts, "checkpoints" in parsed.data, trials, for_search)
+    card = parsed.data.get("card")
+    if isinstance(card, Mapping) and isinstance(card.get("template"), str) and card["template"].strip():
+        _check_card_template(report, card["template"], base)
     if tasks:
         for i, task in parts.tasks:
             _check_task(report, i, task, base)
@@ -194,6 +199,8 @@ def check_recipe(recipe: Recipe, *, base_dir: str | Path) -> None:
         RecipeError: Listing every problem.
     """
     report = PreflightReport(recipe, recipe.origin)
+    if recipe.card is not None:
+        _check_card_template(report, recipe.card.template, Path(base_dir))
     for i, task in enumerate(recipe.tasks):
         _check_task(report, i, task, Path(base_dir))
     report.raise_errors()
@@ -306,6 +313,21 @@ def _local_checkpoint_problem(raw: str, path: Path) -> str | None:
             "pytorch_model.bin): pass the folder that save_pretrained wrote"
         )
     return None
+
+
+# --- model card ------------------------------------------------------------------------------------
+
+
+def _check_card_template(report: PreflightReport, written: str, base_dir: Path) -> None:
+    """The recipe's card template exists, is valid Jinja and names only card variables."""
+    from hf_recycle.card import template_path, template_problems
+
+    path = template_path(written, base_dir)
+    errors, warnings = template_problems(path)
+    if not path.exists() and not Path(written).expanduser().is_absolute():
+        errors = [f"{e} (relative paths resolve against the recipe's folder, {base_dir})" for e in errors]
+    report.errors += [(("card", "template"), e) for e in errors]
+    report.warnings += [(("card", "template"), w) for w in warnings]
 
 
 # --- tasks: data and metric -----------------------------------------------------------------------

@@ -34,10 +34,12 @@ from pydantic import (
 )
 
 from hf_recycle.errors import RecipeError
+from hf_recycle.merge.methods.registry import METHOD_NAMES, NEEDS_BASE
 from hf_recycle.score.tasks import TaskSpec
 
-MergeMethodName = Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
-TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+# The merge methods and which mix in a base: from the method registry (importing it loads no torch)
+MergeMethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
+TASK_VECTOR_METHODS = NEEDS_BASE
 SamplerName = Literal["cmaes", "tpe", "gp", "random", "nsga2"]
 # Samplers that optimize one objective only (Optuna's CmaEsSampler refuses a multi-objective
 # study); tests/test_preflight.py checks this against Optuna for every sampler.
@@ -148,6 +150,24 @@ class PushSpec(_Strict):
         return value
 
 
+class CardSpec(_Strict):
+    """The model card: ``template`` is a Jinja file rendered instead of the bundled ``merge.md``.
+
+    A relative path resolves against the recipe file's folder (as the tasks' data files do);
+    the variables it is rendered with are listed in ``model_cards/README.md``.
+    :mod:`hf_recycle.preflight` checks that the file exists and parses before a run.
+    """
+
+    template: str
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty: name a Jinja template file, e.g. card: {template: card.md}")
+        return value
+
+
 class Recipe(_Strict):
     """A whole recipe. ``checkpoints`` may be empty only when a Trainer callback supplies them."""
 
@@ -160,6 +180,7 @@ class Recipe(_Strict):
     tasks: list[TaskSpec] = Field(default_factory=list)
     output: OutputSpec = Field(default_factory=OutputSpec)
     push: PushSpec | None = None
+    card: CardSpec | None = None  # None: the bundled model card template
     # (source, text) of the YAML it was read from, for file:line in later checks; not part of the value
     _origin: tuple[str, str] | None = PrivateAttr(default=None)
 

@@ -1,13 +1,29 @@
-"""Model cards: rendering from the bundled template and the round trip through ``ModelCard.load``."""
+"""Model cards: rendering from the bundled template or a recipe's own, the checks of a template, the
+round trip through ``ModelCard.load``, and the templates in the editable install and in a wheel."""
 
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import yaml
+from recipe_runs import STEPS
 
-from hf_recycle.card import CITATION, agreed_license, build_card, write_card
+from hf_recycle.card import (
+    CITATION,
+    DEFAULT_TEMPLATE,
+    TEMPLATE_VARIABLES,
+    TEMPLATES_PACKAGE,
+    agreed_license,
+    build_card,
+    bundled_template,
+    template_path,
+    template_problems,
+    write_card,
+)
+from hf_recycle.errors import RecipeError
 from hf_recycle.hub.pins import PinnedCheckpoint
 from hf_recycle.recipe import Recipe
 
@@ -340,3 +356,280 @@ def test_no_base_model_relation_without_a_base_model(tmp_path):
     hub_card = _card()
     assert hub_card.data.base_model == ["demo/tiny-lm"] and hub_card.data["base_model_relation"] == "merge"
     assert "(local)" not in hub_card.text
+
+
+# --- templates: the recipe's own, checks, documentation, packaging ----------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+CUSTOM_TEMPLATE = """\
+---
+{{ card_data }}
+---
+
+# custom card of {{ title }}
+
+method={{ method.name }} sampler={{ search.sampler_name }} objective={{ search.objective }}
+tasks={{ task_names | join(",") }} base={{ base.commit }}
+{% for s in sources %}source {{ loop.index0 }}: {{ s.commit }} weight {{ "%.2f" | format(s.weight) }}
+{% endfor %}member={{ member.index if member else "winner" }} versions={{ versions | length }}
+"""
+
+
+def test_the_recipes_template_is_rendered_with_the_card_variables(tmp_path):
+    template = tmp_path / "card.md"
+    template.write_text(CUSTOM_TEMPLATE)
+    card = _card(template=template, repo_id="demo/tiny-lm-recycled")
+    text = card.text
+    assert "# custom card of demo/tiny-lm-recycled" in text
+    assert "method=task_arithmetic sampler=CMA-ES objective=mean" in text
+    assert f"tasks=addition,reversal base=`{BASE_SHA}`" in text
+    for i, w in enumerate(["0.50", "0.30", "0.20"]):
+        assert f"source {i}: `{SHA[i]}` weight {w}" in text
+    assert "member=winner versions=7" in text
+    assert "## Sources" not in text  # not the bundled template
+    # the metadata header is the same as with the bundled template
+    assert card.data.to_dict() == _card(repo_id="demo/tiny-lm-recycled").data.to_dict()
+    member = _card(_results(pareto=True), member=1, template=template)
+    assert "member=1" in member.text and "# custom card of card-demo (Pareto member #1)" in member.text
+
+
+def test_every_variable_is_passed_and_documented(monkeypatch):
+    """TEMPLATE_VARIABLES is what build_card renders with, and model_cards/README.md documents each."""
+    from huggingface_hub import ModelCard
+
+    seen = {}
+    original = ModelCard.from_template.__func__
+
+    def spy(cls, card_data, template_path=None, template_str=None, **kwargs):
+        seen.update(kwargs)
+        return original(cls, card_data, template_path, template_str, **kwargs)
+
+    monkeypatch.setattr(ModelCard, "from_template", classmethod(spy))
+    _card()
+    assert {"card_data", *seen} == set(TEMPLATE_VARIABLES)
+    readme = (REPO / "model_cards" / "README.md").read_text()
+    documented = re.findall(r"^\| `(\w+)` \|", readme, flags=re.M)
+    assert sorted(documented) == sorted(TEMPLATE_VARIABLES)
+    # the bundled template uses no variable it is not given
+    assert template_problems(None) == ([], [])
+
+
+def test_card_recipe_section_resolves_against_the_recipe_folder(tmp_path, monkeypatch):
+    from hf_recycle.pipeline import _card_template
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    recipe = Recipe.from_text(RECIPE + "card: {template: cards/mine.md}\n")
+    assert recipe.card.template == "cards/mine.md"
+    assert _card_template(recipe, folder) == folder / "cards" / "mine.md"
+    assert _card_template(Recipe.from_text(RECIPE), folder) is None
+    assert template_path(str(tmp_path / "abs.md"), folder) == tmp_path / "abs.md"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert template_path("~/home.md", folder) == tmp_path / "home.md"
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [
+        ("{template: ''}", "card.template: is empty"),
+        ("{templat: card.md}", "card.template: required field is missing"),
+        ("{template: card.md, extra: 1}", "card.extra: unknown key"),
+    ],
+)
+def test_the_card_section_schema(card, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        Recipe.from_text(RECIPE + f"card: {card}\n", source="r.yaml")
+
+
+def _recipe_with_template(tmp_path, template_text: str | None, name: str = "card.md") -> Path:
+    """A recipe file (data included) naming ``name`` in its folder, written with ``template_text``."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "addition.jsonl").write_text('{"question": "1+2", "answer": "3"}\n')
+    (data / "reversal.jsonl").write_text('{"word": "ab", "reversed": "ba"}\n')
+    if template_text is not None:
+        (tmp_path / name).write_text(template_text)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE + f"card: {{template: {name}}}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("template_text", "expected"),
+    [
+        (
+            None,
+            r"card template '{folder}/card.md' does not exist \(relative paths resolve against the "
+            r"recipe's folder, {folder}\)",
+        ),
+        ("# {{ title }\n", r"card template '{folder}/card.md' is not a valid Jinja template: line 1: "),
+        (
+            "{% for s in sources %}\n{{ s.repo }}\n",
+            r"card template '{folder}/card.md' is not a valid Jinja "
+            r"template: line 2: Unexpected end of template",
+        ),
+        (
+            "{{ title | shout }}\n",
+            r"card template '{folder}/card.md' is not a valid Jinja template: line 1: "
+            r"No filter named 'shout'",
+        ),
+        (
+            "{{ card_data }}\n{{ metod.name }}\n",
+            r"card template '{folder}/card.md' uses 'metod', which is "
+            r"not a card variable \(did you mean 'method'\?",
+        ),
+    ],
+)
+def test_validate_refuses_a_bad_template_naming_the_file(tmp_path, capsys, template_text, expected):
+    from hf_recycle.cli import main
+    from hf_recycle.preflight import check_file, check_recipe
+
+    path = _recipe_with_template(tmp_path, template_text)
+    pattern = expected.format(folder=re.escape(str(tmp_path)))
+    line = len(RECIPE.splitlines()) + 1
+    report = check_file(path, tasks=False)  # the template is checked with or without the tasks
+    assert [field for field, _ in report.errors] == [("card", "template")]
+    assert re.search(rf"recipe.yaml:{line}: card.template: {pattern}", report.error_text())
+    assert main(["validate", str(path)]) != 0
+    assert re.search(pattern, capsys.readouterr().err)
+    # a Recipe object (a Trainer callback's, or run(recipe)) is checked against its base_dir
+    with pytest.raises(RecipeError, match=pattern):
+        check_recipe(Recipe.from_yaml(path), base_dir=tmp_path)
+    # build_card refuses it too, naming the file
+    if template_text is not None:
+        with pytest.raises(RecipeError, match=re.escape(str(tmp_path / "card.md"))):
+            _card(template=tmp_path / "card.md")
+
+
+def test_a_good_template_passes_validate_and_one_without_metadata_is_a_warning(tmp_path, capsys):
+    from hf_recycle.cli import main
+    from hf_recycle.preflight import check_file
+
+    path = _recipe_with_template(tmp_path, CUSTOM_TEMPLATE)
+    report = check_file(path)
+    assert report.errors == [] and report.warnings == []
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+    (tmp_path / "card.md").write_text("# {{ title }}\n{% for x in range(2) %}{{ x }}{% endfor %}\n")
+    report = check_file(path)
+    assert report.errors == []
+    assert [msg for _, msg in report.warnings] == [
+        f"card template '{tmp_path / 'card.md'}' does not print {{{{ card_data }}}}: the card will have no "
+        "metadata (base_model, tags, model-index); start it with ---, {{ card_data }}, --- lines as "
+        "merge.md does"
+    ]
+    card = _card(template=tmp_path / "card.md")
+    assert card.text.startswith("# card-demo\n01") and card.data.to_dict() == {}
+
+
+def test_a_template_that_fails_to_render_names_the_file(tmp_path):
+    template = tmp_path / "card.md"
+    template.write_text("---\n{{ card_data }}\n---\n{{ sources[7].repo }}\n{{ title.nope.deeper }}\n")
+    assert template_problems(template) == ([], [])  # only rendering finds it
+    with pytest.raises(RecipeError, match=rf"card template '{re.escape(str(template))}' does not render: "):
+        _card(template=template)
+
+
+@pytest.mark.slow
+def test_run_renders_the_recipes_template(tiny_lm_hub, tmp_path):
+    """``hf-recycle run`` with ``card: {template: ...}`` writes that card (path relative to the recipe)."""
+    from recipe_runs import write_recipe
+
+    from hf_recycle.pipeline import run
+
+    server, shas = tiny_lm_hub
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "mine.md").write_text(CUSTOM_TEMPLATE)
+    path = write_recipe(
+        tmp_path,
+        "carded",
+        search={"sampler": "random", "trials": 2, "baselines": ["uniform"]},
+        card={"template": "cards/mine.md"},
+    )
+    result = run(path, endpoint=server.endpoint)
+    text = (result.model_dirs[0] / "README.md").read_text()
+    assert "# custom card of demo/carded" in text and "method=linear sampler=random search" in text
+    for i, step in enumerate(STEPS):
+        assert f"source {i}: `{shas[step]}` weight" in text
+    assert "base_model:" in text.split("---")[1]
+
+
+# -- packaging: model_cards/ is the one source, in the editable install and in a wheel
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_the_package_list_covers_every_package_and_maps_the_templates():
+    """pyproject.toml lists the packages (find cannot see the mapped model_cards/): none may be missing."""
+    from setuptools import find_namespace_packages
+
+    setuptools_cfg = _pyproject()["tool"]["setuptools"]
+    listed = set(setuptools_cfg["packages"])
+    found = set(find_namespace_packages(where=str(REPO), include=["hf_recycle*"]))
+    assert found - listed == set(), "add these packages to [tool.setuptools] packages in pyproject.toml"
+    assert listed - found == {TEMPLATES_PACKAGE}
+    assert setuptools_cfg["package-dir"] == {TEMPLATES_PACKAGE: "model_cards"}
+    assert not (REPO / "hf_recycle" / "model_cards").exists()  # one source
+    patterns = setuptools_cfg["package-data"][TEMPLATES_PACKAGE]
+    assert any(Path(DEFAULT_TEMPLATE).match(p) for p in patterns)
+    # this (editable) install reads the top-level folder
+    assert Path(str(bundled_template())) == REPO / "model_cards" / DEFAULT_TEMPLATE
+
+
+@pytest.mark.slow
+def test_a_built_wheel_holds_the_templates_and_finds_them(tmp_path):
+    """Build a wheel from a copy of the source tree, and locate and render the template from it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("hf_recycle", "model_cards"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "-w",
+            str(tmp_path / "dist"),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+        ],
+        check=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("hf_recycle-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    assert {"hf_recycle/model_cards/merge.md", "hf_recycle/model_cards/README.md"} <= names
+    assert not any(n.startswith("model_cards/") for n in names)  # nothing at the top level
+    # the unpacked wheel first on sys.path (as site-packages would be), this venv's dependencies after it
+    probe = (
+        "import hf_recycle.card as c; "
+        "print(c.__file__); print(c.bundled_template()); print(len(c.load_template()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    site = tmp_path / "site" / "hf_recycle"
+    assert out[0] == str(site / "card.py")
+    assert out[1] == str(site / "model_cards" / "merge.md")
+    assert int(out[2]) == len((REPO / "model_cards" / "merge.md").read_text())
