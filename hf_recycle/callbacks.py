@@ -187,13 +187,20 @@ class RecycleCallback(TrainerCallback):
                 f"recipe '{recipe.name}' has no tasks: RecycleCallback scores the merge candidates on the "
                 "recipe's tasks; add at least one under tasks:"
             )
+        resolved_base = Path(base_dir).resolve() if base_dir is not None else default_base
+        if recipe.card is not None:  # a bad card template fails now, not after training
+            from hf_recycle.card import template_path, template_problems
+
+            errors, _ = template_problems(template_path(recipe.card.template, resolved_base))
+            if errors:
+                raise RecycleCallbackError(f"recipe '{recipe.name}' card.template: " + "; ".join(errors))
         self.recipe = recipe
         self.push = push
         self.keep_checkpoints = keep_checkpoints
         self.include_final = include_final
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.tokenizer = tokenizer
-        self.base_dir = Path(base_dir).resolve() if base_dir is not None else default_base
+        self.base_dir = resolved_base
         self.device = device
         self.checkpoints: list[RecordedCheckpoint] = []
         self.results: dict[str, Any] | None = None

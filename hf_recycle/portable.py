@@ -148,7 +148,7 @@ class PortableNames:
         return self.value(out)
 
     def recipe(self, recipe: Any) -> Any:
-        """A :class:`~hf_recycle.recipe.Recipe` whose checkpoints, base, output, storage and task paths are portable."""
+        """A :class:`~hf_recycle.recipe.Recipe` whose checkpoints, base, output, storage, task and card paths are portable."""
         tasks = [
             task.model_copy(
                 update={
@@ -171,6 +171,11 @@ class PortableNames:
                 "output": recipe.output.model_copy(update={"dir": self.value(recipe.output.dir)}),
                 "search": recipe.search.model_copy(update={"storage": self.storage(recipe.search.storage)}),
                 "tasks": tasks,
+                "card": (
+                    recipe.card.model_copy(update={"template": self.path(recipe.card.template)})
+                    if getattr(recipe, "card", None) is not None
+                    else None
+                ),
             }
         )
 
@@ -181,6 +186,8 @@ class PortableNames:
             if value and os.path.isabs(value):
                 found[value] = self.spec(value)
         paths = [recipe.output.dir, recipe.search.storage]
+        if getattr(recipe, "card", None) is not None:
+            paths.append(recipe.card.template)
         for task in recipe.tasks:
             paths += [task.data.path, task.data.data_files, task.data.data_dir, task.metric]
         for value in _strings(paths):
