@@ -270,7 +270,7 @@ class ParsedRecipe:
 
     def locate(self, loc: tuple[Any, ...]) -> str:
         """``source:line: field`` of ``loc``."""
-        return f"{self.source}:{_line_of(self.node, loc)}: {field_name(loc)}"
+        return f"{self.source}:{line_of(self.node, loc)}: {field_name(loc)}"
 
 
 def parse_recipe(text: str, source: str = "<recipe>") -> ParsedRecipe:
@@ -279,16 +279,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> ParsedRecipe:
     Raises:
         RecipeError: The text is not YAML, or not a mapping.
     """
-    import yaml
-
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"{mark.line + 1}" if mark else "1"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{source}:{line}: not valid YAML: {problem}") from None
+    node, data = compose_yaml(text, source)
     if not isinstance(data, dict):
         raise RecipeError(f"{source}:1: a recipe is a mapping of keys (name, checkpoints, tasks, ...)")
     problems: list[Problem] = []
@@ -303,6 +294,23 @@ def parse_recipe(text: str, source: str = "<recipe>") -> ParsedRecipe:
     elif recipe is not None:
         recipe._origin = (source, text)
     return ParsedRecipe(source, node, data, recipe, problems)
+
+
+def compose_yaml(text: str, source: str) -> tuple[Any, Any]:
+    """``(node tree, data)`` of YAML ``text``: the one YAML reader of recipes (and of ``score --tasks``).
+
+    Raises:
+        RecipeError: Not YAML, as ``source:line: not valid YAML: problem``.
+    """
+    import yaml
+
+    try:
+        return yaml.compose(text), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark else "1"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{source}:{line}: not valid YAML: {problem}") from None
 
 
 def _file_problems(data: Mapping[str, Any]) -> list[Problem]:
@@ -324,7 +332,7 @@ def _file_problems(data: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
-def _line_of(node: Any, loc: tuple[Any, ...]) -> int:
+def line_of(node: Any, loc: tuple[Any, ...]) -> int:
     """1-based line of the YAML node at ``loc`` (or of its nearest existing parent)."""
     import yaml
 
@@ -474,7 +482,7 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[Problem]:
 
 def format_problems(problems: list[Problem], node: Any, source: str) -> str:
     """Render problems as ``source:line: field: message``, one per line, in file order."""
-    rows = sorted(((_line_of(node, loc), field_name(loc), msg) for loc, msg in problems), key=lambda r: r[0])
+    rows = sorted(((line_of(node, loc), field_name(loc), msg) for loc, msg in problems), key=lambda r: r[0])
     noun = "problem" if len(rows) == 1 else "problems"
     lines = [f"{source}: {len(rows)} {noun} in the recipe:"]
     lines += [f"{source}:{line}: {field}: {msg}" for line, field, msg in rows]

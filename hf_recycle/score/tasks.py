@@ -259,30 +259,6 @@ def _unique_names(tasks: list[TaskSpec]) -> list[TaskSpec]:
 TaskList = Annotated[list[TaskSpec], Field(min_length=1), AfterValidator(_unique_names)]
 
 
-def _node_lines(node: Any, path: tuple[Any, ...] = (), out: dict | None = None) -> dict[tuple[Any, ...], int]:
-    """Map every key path of a composed YAML node tree to its 1-based line."""
-    import yaml
-
-    out = {} if out is None else out
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            out[(*path, key.value)] = key.start_mark.line + 1
-            _node_lines(value, (*path, key.value), out)
-            out[(*path, key.value)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _node_lines(item, (*path, i), out)
-    return out
-
-
-def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None
-
-
 def load_tasks(recipe_path: str | Path) -> list[TaskSpec]:
     """Read and validate the ``tasks:`` section of a YAML recipe (other top-level keys are ignored).
 
@@ -296,7 +272,8 @@ def load_tasks(recipe_path: str | Path) -> list[TaskSpec]:
         TaskError: The file is missing or not YAML, has no ``tasks:`` list, or some tasks
             are invalid; the message lists every problem as ``file:line: tasks[i].field: message``.
     """
-    import yaml
+    from hf_recycle.errors import RecipeError
+    from hf_recycle.recipe import compose_yaml, field_name, line_of
 
     path = Path(recipe_path)
     try:
@@ -306,16 +283,14 @@ def load_tasks(recipe_path: str | Path) -> list[TaskSpec]:
     except OSError as exc:
         raise TaskError(f"cannot read recipe file '{path}': {exc}") from exc
     try:
-        node = yaml.compose(text)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TaskError(f"recipe file '{path}' is not valid YAML: {exc}") from exc
+        node, doc = compose_yaml(text, str(path))
+    except RecipeError as exc:
+        raise TaskError(str(exc)) from None
     if not isinstance(doc, dict) or "tasks" not in doc:
         raise TaskError(f"{path}: no 'tasks:' section: add a list of tasks (see the README's task schema)")
     raw = doc["tasks"]
-    lines = _node_lines(node) if node is not None else {}
     if not isinstance(raw, list) or not raw:
-        raise TaskError(f"{path}:{_line_of(lines, ('tasks',))}: 'tasks' must be a non-empty list of tasks")
+        raise TaskError(f"{path}:{line_of(node, ('tasks',))}: 'tasks' must be a non-empty list of tasks")
 
     problems: list[str] = []
     tasks: list[TaskSpec] = []
@@ -325,16 +300,13 @@ def load_tasks(recipe_path: str | Path) -> list[TaskSpec]:
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ("tasks", i, *err["loc"])
-                field = f"tasks[{i}]" + "".join(
-                    f".{part}" if isinstance(part, str) else f"[{part}]" for part in err["loc"]
-                )
                 message = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{path}:{_line_of(lines, loc)}: {field}: {message}")
+                problems.append(f"{path}:{line_of(node, loc)}: {field_name(loc)}: {message}")
     if not problems:
         try:
             _unique_names(tasks)
         except ValueError as exc:
-            problems.append(f"{path}:{_line_of(lines, ('tasks',))}: tasks: {exc}")
+            problems.append(f"{path}:{line_of(node, ('tasks',))}: tasks: {exc}")
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise TaskError(
