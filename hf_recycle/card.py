@@ -91,19 +91,20 @@ CITATION = """\
   url     = {https://arxiv.org/abs/2412.04144}
 }"""
 
-_SAMPLER_NAMES = {
-    "cmaes": "CMA-ES",
-    "tpe": "TPE",
-    "gp": "Gaussian-process Bayesian optimization",
-    "random": "random search",
-    "nsga2": "NSGA-II",
-}
 _LIBRARIES = ("hf-recycle", "torch", "transformers", "safetensors", "huggingface_hub", "optuna", "datasets")
 _BASELINE_LABELS = {
     "uniform": "uniform soup",
     "best_single": "best single checkpoint",
     "greedy_soup": "greedy soup",
 }
+
+
+def _sampler_name(name: str) -> str:
+    """How the card names sampler ``name`` (its registry entry's pretty name)."""
+    from hf_recycle.search.samplers import SAMPLERS
+
+    adapter = SAMPLERS.get(name)
+    return adapter.pretty_name if adapter is not None else "Optuna"
 
 
 def library_versions() -> dict[str, str]:
@@ -363,7 +364,7 @@ def build_card(
         },
         "search": {
             "sampler": study.get("sampler", recipe.search.sampler),
-            "sampler_name": _SAMPLER_NAMES.get(study.get("sampler", recipe.search.sampler), "Optuna"),
+            "sampler_name": _sampler_name(study.get("sampler", recipe.search.sampler)),
             "trials": results.get("trials"),
             "trials_requested": study.get("trials_requested", recipe.search.trials),
             "objective": study.get("objective", recipe.search.objective),

@@ -36,14 +36,14 @@ from pydantic import (
 from hf_recycle.errors import RecipeError
 from hf_recycle.merge.methods.registry import METHOD_NAMES, NEEDS_BASE
 from hf_recycle.score.tasks import TaskSpec
+from hf_recycle.search.samplers import SAMPLER_NAMES, SINGLE_OBJECTIVE_SAMPLERS
 
 # The merge methods and which mix in a base: from the method registry (importing it loads no torch)
 MergeMethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 TASK_VECTOR_METHODS = NEEDS_BASE
-SamplerName = Literal["cmaes", "tpe", "gp", "random", "nsga2"]
-# Samplers that optimize one objective only (Optuna's CmaEsSampler refuses a multi-objective
-# study); tests/test_preflight.py checks this against Optuna for every sampler.
-SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+# The samplers, from their registry (one module each; importing it loads no optuna);
+# tests/test_preflight.py checks SINGLE_OBJECTIVE_SAMPLERS against Optuna for every sampler.
+SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
 BaselineName = Literal["uniform", "best_single", "greedy_soup"]
 _GRANULARITY_RE = re.compile(r"^(model|layers:[1-9]\d*)$")
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

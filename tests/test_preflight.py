@@ -244,8 +244,8 @@ def test_every_sampler_is_classified_as_optuna_behaves():
     """SINGLE_OBJECTIVE_SAMPLERS is exactly the samplers that Optuna refuses in a 2-objective study."""
     import optuna
 
+    from hf_recycle.search.samplers import SAMPLERS, make_sampler
     from hf_recycle.search.space import SearchSpace
-    from hf_recycle.search.study import SAMPLERS, make_sampler
 
     assert set(SAMPLERS) == set(SamplerName.__args__)
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -21,6 +21,7 @@ import numpy as np
 
 from hf_recycle.errors import SearchError
 from hf_recycle.search.objective import Scorer, TrialObjective, macro_mean, score_all
+from hf_recycle.search.samplers import make_sampler
 from hf_recycle.search.space import SearchSpace, group_tensors
 from hf_recycle.search.study import (
     StudyConfig,
@@ -28,7 +29,6 @@ from hf_recycle.search.study import (
     default_storage_url,
     enqueue_initial_baselines,
     finished_count,
-    make_sampler,
     open_storage,
     redact_url,
 )

@@ -32,11 +32,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("cmaes", "tpe", "gp", "random", "nsga2")
 FINGERPRINT_ATTR = "hf_recycle"
 DUPLICATE_ATTR = "duplicate_of"
 MAX_RETRY = 3
 DEFAULT_HEARTBEAT_S = 30
+#: libpq settings under which a connection to a server that vanished fails instead of waiting forever.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30000,
+}
 
 
 # --- storage ------------------------------------------------------------------------------
@@ -89,7 +97,7 @@ def open_storage(
     engine_kwargs: dict[str, Any] = {}
     if scheme.startswith("postgresql"):
         url = postgres_driver_url(url, scheme)
-        engine_kwargs = {"pool_pre_ping": True}
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": dict(POSTGRES_CONNECT_ARGS)}
     elif scheme.startswith("sqlite"):
         Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -126,45 +134,6 @@ def postgres_driver_url(url: str, scheme: str) -> str:
         if importlib.util.find_spec(driver) is not None:
             return f"{scheme}+{driver}://" + url.split("://", 1)[1]
     raise MissingDependencyError("psycopg[binary]", f"storage '{redact_url(url)}'")
-
-
-# --- sampler ------------------------------------------------------------------------------
-
-
-def make_sampler(
-    name: str, space: SearchSpace, *, seed: int, n_objectives: int, trials: int
-) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler called ``name``.
-
-    Raises:
-        MissingDependencyError: Its package is missing (``cmaes`` for cmaes, ``scipy`` for gp).
-        SearchError: Unknown name, or a single-objective sampler for a Pareto search.
-    """
-    import optuna
-
-    if name not in SAMPLERS:
-        raise SearchError(f"unknown sampler '{name}': use one of {', '.join(SAMPLERS)}")
-    if name == "cmaes" and n_objectives > 1:
-        raise SearchError(
-            "sampler 'cmaes' optimizes a single objective; objective 'pareto' needs sampler nsga2, tpe, gp or random"
-        )
-    needs = {"cmaes": ["cmaes"], "gp": ["scipy", "torch"]}.get(name, [])
-    for package in needs:
-        try:
-            __import__(package)
-        except ImportError as exc:
-            raise MissingDependencyError(package, f"sampler '{name}'") from exc
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
-        return optuna.samplers.RandomSampler(seed=seed)
 
 
 # --- the study ----------------------------------------------------------------------------
