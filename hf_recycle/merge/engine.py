@@ -19,15 +19,12 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hf_recycle._version import __version__
 from hf_recycle.errors import MergeConfigError, OutputExistsError
 from hf_recycle.hub.files import TOKENIZER_FILES
-from hf_recycle.hub.lock import write_lock
 from hf_recycle.merge.compat import align_tied_heads, check_compatible
 from hf_recycle.merge.inputs import CheckpointLike, MergeInputs, expand_checkpoints, open_inputs
 from hf_recycle.merge.lora import LoraSource
@@ -39,6 +36,7 @@ from hf_recycle.merge.methods import (
     get_method,
     resolve_params,
 )
+from hf_recycle.merge.output_folder import MergeResult, write_merge_record
 from hf_recycle.merge.sources import TensorSource
 from hf_recycle.merge.streaming import StreamingMerger
 from hf_recycle.outputs import staging_folder
@@ -59,33 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: Files copied from the base (or first) checkpoint next to the merged weights.
 COPIED_FILES = ("generation_config.json", *sorted(TOKENIZER_FILES))
-
-MERGE_CONFIG_FILE = "merge_config.json"
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    """What a merge wrote.
-
-    Attributes:
-        output: The merged checkpoint folder.
-        files: Weight files written (shards, then the index when sharded).
-        method: Merge method name.
-        num_tensors: Tensors written.
-        input_bytes: Bytes of tensor data read from the inputs.
-        output_bytes: Bytes of tensor data written.
-        seconds: Wall time of the merge.
-        device: Where the arithmetic ran (``cpu`` or ``cuda``).
-    """
-
-    output: Path
-    files: tuple[str, ...]
-    method: str
-    num_tensors: int
-    input_bytes: int
-    output_bytes: int
-    seconds: float
-    device: str
 
 
 def merge(
@@ -228,28 +199,19 @@ def merge(
         with staging_folder(output, overwrite, needed=needed) as folder:
             files = merger.run(folder, shard_cap)
             _write_side_files(folder, reference, merger)
-            record = {
-                "hf_recycle_version": __version__,
-                "method": merge_method.name,
-                "pretty_name": merge_method.pretty_name,
-                "reference_url": merge_method.reference_url,
-                "parameters": {
-                    "weights": weight_spec if isinstance(weight_spec, list) else None,
-                    "group_weights": weight_spec.to_json() if isinstance(weight_spec, GroupWeights) else None,
-                    "density": params.density if merge_method.uses_density else None,
-                    "lambda": params.lambda_ if merge_method.needs_base else None,
-                    "normalize": params.normalize,
-                    "seed": params.seed,
-                    "dtype": dtype if out_dtype is None else dtype_name(out_dtype),
-                    "max_shard_size": shard_cap,
-                },
-                "checkpoints": [r for r in inputs.records if r.get("role") != "base"],
-                "base": next((r for r in inputs.records if r.get("role") == "base"), None),
-                "tie_word_embeddings": merger.tied_output,
-                "files": files,
+            parameters = {
+                "weights": weight_spec if isinstance(weight_spec, list) else None,
+                "group_weights": weight_spec.to_json() if isinstance(weight_spec, GroupWeights) else None,
+                "density": params.density if merge_method.uses_density else None,
+                "lambda": params.lambda_ if merge_method.needs_base else None,
+                "normalize": params.normalize,
+                "seed": params.seed,
+                "dtype": dtype if out_dtype is None else dtype_name(out_dtype),
+                "max_shard_size": shard_cap,
             }
-            (folder / MERGE_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
-            write_lock(inputs.pins, folder, base=inputs.base_pin)  # checkpoints.lock.json
+            write_merge_record(
+                folder, merge_method, inputs, parameters, tie_word_embeddings=merger.tied_output, files=files
+            )
     finally:
         inputs.close()
     seconds = time.perf_counter() - started

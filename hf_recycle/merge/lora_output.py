@@ -398,13 +398,12 @@ def merge_to_lora_folder(
         started: ``time.perf_counter()`` when the merge started.
 
     Returns:
-        A :class:`~hf_recycle.merge.engine.MergeResult`.
+        A :class:`~hf_recycle.merge.output_folder.MergeResult`.
     """
     import time
 
-    from hf_recycle._version import __version__
-    from hf_recycle.hub.lock import write_lock
-    from hf_recycle.merge.engine import MERGE_CONFIG_FILE, MergeResult, staging_folder
+    from hf_recycle.merge.output_folder import MergeResult, write_merge_record
+    from hf_recycle.outputs import staging_folder
     from hf_recycle.units import dtype_name
 
     logger.info(
@@ -426,24 +425,13 @@ def merge_to_lora_folder(
             out_dtype=out_dtype,
             device=device,
         )
-        record = {
-            "hf_recycle_version": __version__,
-            "method": method.name,
-            "pretty_name": method.pretty_name,
-            "reference_url": method.reference_url,
-            "parameters": {
-                "weights": list(weights),
-                "lambda": params.lambda_ if method.needs_base else None,
-                "normalize": params.normalize,
-                "dtype": "auto" if out_dtype is None else dtype_name(out_dtype),
-            },
-            "checkpoints": [r for r in inputs.records if r.get("role") != "base"],
-            "base": next((r for r in inputs.records if r.get("role") == "base"), None),
-            "lora": report.record(),
-            "files": report.files,
+        parameters = {
+            "weights": list(weights),
+            "lambda": params.lambda_ if method.needs_base else None,
+            "normalize": params.normalize,
+            "dtype": "auto" if out_dtype is None else dtype_name(out_dtype),
         }
-        (folder / MERGE_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        write_lock(inputs.pins, folder, base=inputs.base_pin)
+        write_merge_record(folder, method, inputs, parameters, lora=report.record(), files=report.files)
     return MergeResult(
         output=output,
         files=tuple(report.files),
