@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_recycle.errors import CheckpointFormatError, CheckpointNotFoundError, SpecError, TaskError
-from hf_recycle.score.scorer import TaskResult, build_scorers, macro_average
+from hf_recycle.score.engines import get_engine
+from hf_recycle.score.scorer import TaskResult, macro_average
 from hf_recycle.score.tasks import SplitName, TaskSpec, load_tasks
 
 logger = logging.getLogger(__name__)
@@ -213,16 +214,15 @@ def score(
             tokenizer = load_tokenizer(saved)
 
     # Tasks first: bad data or templates fail before the (possibly large) model loads.
-    scorers = build_scorers(specs, tokenizer, split=split, base_dir=base_dir)
+    engine = get_engine("transformers").build(tokenizer, specs, split, base_dir)
     loaded = model if folder is None else load_model(folder, device, dtype)[0]
-    results: dict[str, TaskResult] = {}
-    for scorer in scorers:
-        results[scorer.name] = scorer.score(loaded, limit=limit)
+    try:
+        results: dict[str, TaskResult] = engine.score(loaded, limit=limit)
+    finally:
+        engine.close()
+    for task in engine.tasks:
         logger.info(
-            "%s: %s = %.6g",
-            scorer.name,
-            scorer.spec.metric_name or scorer.spec.kind,
-            results[scorer.name].value,
+            "%s: %s = %.6g", task.name, task.spec.metric_name or task.spec.kind, results[task.name].value
         )
-    mean = macro_average(results, {s.name: s.weight for s in scorers})
+    mean = macro_average(results, {s.name: s.weight for s in engine.tasks})
     return ScoreReport(results=results, mean=mean, split=split, model=name)

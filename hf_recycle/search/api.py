@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from hf_recycle.errors import SearchError
-from hf_recycle.search.objective import Scorer, TrialObjective, macro_mean, score_all
+from hf_recycle.search.objective import Scorer, TrialObjective, macro_mean, score_all, write_candidate
 from hf_recycle.search.samplers import make_sampler
 from hf_recycle.search.space import SearchSpace, group_tensors
 from hf_recycle.search.study import (
@@ -90,9 +90,12 @@ def _load_recipe(
     return recipe, base
 
 
-def _task_info(recipe: Any, scorers: Sequence[Scorer] | None) -> tuple[list[str], list[bool]]:
+def _task_info(recipe: Any, scorers: Any) -> tuple[list[str], list[bool]]:
     if scorers is not None:
-        return [s.name for s in scorers], [bool(s.higher_is_better) for s in scorers]
+        from hf_recycle.score.engines import as_engine
+
+        tasks = as_engine(scorers).tasks
+        return [s.name for s in tasks], [bool(s.higher_is_better) for s in tasks]
     return [t.name for t in recipe.tasks], [bool(t.larger_is_better) for t in recipe.tasks]
 
 
@@ -282,8 +285,9 @@ def search(
         endpoint: Hub endpoint for Hub specs (default: the recipe's ``endpoint``, else ``HF_ENDPOINT``).
         token: Hub token for Hub specs (default: huggingface_hub's own lookup); never written.
         progress: Show a progress bar with the best score so far.
-        scorers: Search-split scorers to use instead of building them from ``recipe.tasks``.
-        test_scorers: Test-split scorers to use with ``scorers`` (``None``: no test scores).
+        scorers: A scoring engine (:class:`~hf_recycle.score.engines.ScoringEngine`) or search-split
+            scorers to use instead of the transformers engine built from ``recipe.tasks``.
+        test_scorers: The same for the test split, with ``scorers`` (``None``: no test scores).
         heartbeat_interval: Seconds between heartbeats of running trials (RDB storages).
         n_boot: Resamples of the paired bootstrap.
 
@@ -382,12 +386,12 @@ def _all_keys(sources: Sequence[Any]) -> list[str]:
     return list(sources[0].keys())
 
 
-def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[list[Any], list[Any] | None]:
+def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[Any, Any]:
     from hf_recycle.errors import CheckpointFormatError
     from hf_recycle.hub.files import TOKENIZER_FILES
     from hf_recycle.merge.lora import LoraSource
     from hf_recycle.score.api import load_tokenizer
-    from hf_recycle.score.scorer import build_scorers
+    from hf_recycle.score.engines import get_engine
 
     # The tokenizer the merged model gets (hf_recycle.merge.engine copies it from the base when
     # the merge uses one, else from the first checkpoint); an adapter folder usually has none,
@@ -412,14 +416,15 @@ def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[list[Any], list[Any
         raise SearchError(
             f"the tokenizer of '{folder}' does not load ({exc.__cause__ or exc}); {todo}"
         ) from exc
-    search_scorers = build_scorers(recipe.tasks, tokenizer, "search", setup.base_dir)
+    engine = get_engine("transformers")
+    search_engine = engine.build(tokenizer, recipe.tasks, "search", setup.base_dir)
     missing = [t.name for t in recipe.tasks if t.test_split is None]
     if missing:
         logger.warning(
             "task(s) %s have no test_split: the final report has no test scores", ", ".join(missing)
         )
-        return search_scorers, None
-    return search_scorers, build_scorers(recipe.tasks, tokenizer, "test", setup.base_dir)
+        return search_engine, None
+    return search_engine, engine.build(tokenizer, recipe.tasks, "test", setup.base_dir)
 
 
 def _run_with_progress(
@@ -458,7 +463,7 @@ def evaluate_weights(
     resident: Any, scorers: Sequence[Scorer], weights: np.ndarray, density: float | None
 ) -> dict:
     """Write ``weights`` into the resident model and score it: task name -> result."""
-    resident.set_weights(np.asarray(weights), density)
+    write_candidate(resident, scorers, np.asarray(weights), density)
     return score_all(resident, scorers)
 
 

@@ -7,12 +7,12 @@ returning a result with ``value`` and ``per_example``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from hf_recycle.score.engines import ScoringEngine, as_engine
 from hf_recycle.search.space import SearchSpace
 from hf_recycle.search.study import DUPLICATE_ATTR, earlier_twin
 
@@ -51,26 +51,31 @@ def macro_mean(values: dict[str, float], scorers: Sequence[Scorer]) -> float:
 
 def score_all(
     candidate_model: CandidateModel,
-    scorers: Sequence[Scorer],
+    scorers: ScoringEngine | Sequence[Scorer],
     limit_fraction: float | None = None,
     resume: dict | None = None,
 ) -> dict:
-    """Score the live model on every task.
+    """Score the live model on every task, with the scoring engine (or per-task scorers run in turn).
 
     Args:
         candidate_model: Holds the live model.
-        scorers: One per task.
+        scorers: A :class:`~hf_recycle.score.engines.ScoringEngine`, or one scorer per task.
         limit_fraction: Score only this share of each split.
         resume: Results of an earlier ``limit_fraction`` call for the same weights: only
             the examples after those are scored.
     """
-    results = {}
-    for scorer in scorers:
-        limit = None if limit_fraction is None else max(1, math.ceil(limit_fraction * scorer.num_examples))
-        # resume= only when given: scorers without it still work
-        extra = {} if resume is None else {"resume": resume[scorer.name]}
-        results[scorer.name] = scorer.score(candidate_model.model, limit=limit, **extra)
-    return results
+    return as_engine(scorers).score(candidate_model.model, limit_fraction=limit_fraction, resume=resume)
+
+
+def write_candidate(
+    candidate_model: CandidateModel,
+    scorers: ScoringEngine | Sequence[Scorer],
+    weights: np.ndarray,
+    density: float | None = None,
+) -> None:
+    """Write the merge of ``weights`` into the live model and tell the scoring engine."""
+    candidate_model.set_weights(weights, density)
+    as_engine(scorers).weights_changed(candidate_model.model)
 
 
 class TrialObjective:
@@ -79,7 +84,7 @@ class TrialObjective:
     Args:
         space: The search space.
         candidate_model: The resident model candidates are written into.
-        scorers: One scorer per task (search split).
+        scorers: The scoring engine, or one scorer per task (search split).
         objective: ``mean`` (one value: :func:`macro_mean`) or ``pareto`` (one value per task).
         pruning_fraction: When set, score this share of each split first, report it and
             let the study's pruner stop the trial (baselines are never pruned).
@@ -89,13 +94,14 @@ class TrialObjective:
         self,
         space: SearchSpace,
         candidate_model: CandidateModel,
-        scorers: Sequence[Scorer],
+        scorers: ScoringEngine | Sequence[Scorer],
         objective: str = "mean",
         pruning_fraction: float | None = None,
     ) -> None:
         self.space = space
         self.candidate_model = candidate_model
-        self.scorers = list(scorers)
+        self.engine = as_engine(scorers)
+        self.scorers = list(self.engine.tasks)
         self.objective = objective
         self.pruning_fraction = pruning_fraction
 
@@ -107,7 +113,7 @@ class TrialObjective:
             trial.set_user_attr(DUPLICATE_ATTR, twin)
             raise optuna.TrialPruned(f"trial {twin} runs the same baseline")
         candidate = self.space.suggest(trial)
-        self.candidate_model.set_weights(candidate.weights, candidate.density)
+        write_candidate(self.candidate_model, self.engine, candidate.weights, candidate.density)
         trial.set_user_attr("weights", candidate.weights.tolist())
         for name, value in self.space.weight_attrs(candidate.weights).items():
             trial.set_user_attr(name, value)
@@ -115,13 +121,13 @@ class TrialObjective:
             trial.set_user_attr("density", candidate.density)
         partial = None
         if self.pruning_fraction is not None and self.objective == "mean":
-            partial = score_all(self.candidate_model, self.scorers, self.pruning_fraction)
+            partial = score_all(self.candidate_model, self.engine, self.pruning_fraction)
             value = macro_mean({n: r.value for n, r in partial.items()}, self.scorers)
             trial.report(value, step=0)
             if "baseline" not in trial.user_attrs and trial.should_prune():
                 trial.set_user_attr("partial_mean", value)
                 raise optuna.TrialPruned(f"partial score {value:.4g} is below the pruner's threshold")
-        results = score_all(self.candidate_model, self.scorers, resume=partial)  # the rest of each split
+        results = score_all(self.candidate_model, self.engine, resume=partial)  # the rest of each split
         values = {n: float(r.value) for n, r in results.items()}
         mean = macro_mean(values, self.scorers)
         trial.set_user_attr("scores", values)

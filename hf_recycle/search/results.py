@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from hf_recycle.score.engines import ScoringEngine
 from hf_recycle.search.baselines import greedy_soup_step
-from hf_recycle.search.objective import Scorer, macro_mean, score_all
+from hf_recycle.search.objective import Scorer, macro_mean, score_all, write_candidate
 from hf_recycle.search.report import paired_bootstrap, scores_dict, write_results
 from hf_recycle.search.study import baseline_members, pruned_count, redact_url, single_scores, soup_scores
 
@@ -68,13 +69,19 @@ def build_results(
     study: Any,
     setup: Any,
     resident: Any,
-    scorers: Sequence[Scorer],
-    test_scorers: Sequence[Scorer] | None,
+    scorers: ScoringEngine | Sequence[Scorer],
+    test_scorers: ScoringEngine | Sequence[Scorer] | None,
     *,
     n_boot: int = 2000,
 ) -> dict[str, Any]:
     """Score the winner(s) and baselines on the test split and write results.json, results.md and plots."""
     from optuna.trial import TrialState
+
+    from hf_recycle.score.engines import as_engine
+
+    scorers = list(as_engine(scorers).tasks)
+    test_engine = as_engine(test_scorers) if test_scorers is not None else None
+    test_tasks = list(test_engine.tasks) if test_engine is not None else []
 
     space = setup.space
     k = space.n_checkpoints
@@ -162,14 +169,14 @@ def build_results(
     test_cache: dict[int, dict[str, float]] = {}
 
     def test_of(entry: dict[str, Any], trial: Any) -> dict[str, float] | None:
-        if test_scorers is None:
+        if test_engine is None:
             return None
         if trial.number not in test_cache:
             w = np.asarray(trial.user_attrs["weights"], dtype=np.float64)
-            resident.set_weights(w, trial.user_attrs.get("density"))
-            res = score_all(resident, test_scorers)
+            write_candidate(resident, test_engine, w, trial.user_attrs.get("density"))
+            res = score_all(resident, test_engine)
             values = {n: float(r.value) for n, r in res.items()}
-            test_cache[trial.number] = scores_dict(values, macro_mean(values, test_scorers))
+            test_cache[trial.number] = scores_dict(values, macro_mean(values, test_tasks))
             per_example[trial.number] = {
                 n: np.asarray(r.per_example, dtype=np.float64) for n, r in res.items()
             }
@@ -186,9 +193,9 @@ def build_results(
         best_name = max(results["baselines"], key=lambda n: (results["baselines"][n]["search"]["mean"], n))
         results["comparison"] = {"baseline": best_name, "chosen_by": "search mean"}
         results["comparisons"] = None
-        if test_scorers is not None:
-            weights = {s.name: s.weight for s in test_scorers}
-            hib = {s.name: s.higher_is_better for s in test_scorers}
+        if test_engine is not None:
+            weights = {s.name: s.weight for s in test_tasks}
+            hib = {s.name: s.higher_is_better for s in test_tasks}
 
             @functools.cache  # the Pareto winner is also a front member: bootstrap it once
             def versus_each(trial_number: int) -> dict[str, dict[str, Any]]:
