@@ -130,7 +130,8 @@ def _check_fields(spec: TaskSpec, columns: list[str]) -> None:
         )
 
 
-def _single_field(template: str) -> str | None:
+def single_field(template: str) -> str | None:
+    """The field a template is exactly (``"{label}"`` -> ``label``), else None."""
     fields = template_fields(template)
     return fields[0] if len(fields) == 1 and template == "{" + fields[0] + "}" else None
 
@@ -143,7 +144,9 @@ def render_examples(spec: TaskSpec, dataset) -> list[Example]:
             ``choice`` row has no options or a target that matches none of them.
     """
     _check_fields(spec, list(dataset.column_names))
-    label_field = _single_field(spec.target) if spec.kind == "choice" else None
+    from hf_recycle.score.kinds import KINDS
+
+    kind = KINDS[spec.kind]
     examples: list[Example] = []
     for i, row in enumerate(dataset):
         try:
@@ -153,33 +156,7 @@ def render_examples(spec: TaskSpec, dataset) -> list[Example]:
             raise TaskError(
                 f"task '{spec.name}': example {i} does not render: {type(exc).__name__}: {exc}"
             ) from exc
-        if spec.kind != "choice":
-            examples.append(Example(prompt, target))
-            continue
-        options = row[spec.options]
-        if not isinstance(options, (list, tuple)) or not options:
-            raise TaskError(
-                f"task '{spec.name}': example {i}: field '{spec.options}' must be a non-empty list of options, "
-                f"got {options!r}"
-            )
-        options = tuple(str(o) for o in options)
-        raw = row[label_field] if label_field else None
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            if not 0 <= raw < len(options):
-                raise TaskError(
-                    f"task '{spec.name}': example {i}: label {raw} is out of range for {len(options)} options"
-                )
-            label = raw
-        elif target in options:
-            label = options.index(target)
-        elif target.strip() in [o.strip() for o in options]:
-            label = [o.strip() for o in options].index(target.strip())
-        else:
-            raise TaskError(
-                f"task '{spec.name}': example {i}: target {target!r} is none of the options {list(options)}: "
-                "the target must render the gold option's text or be an integer field holding its index"
-            )
-        examples.append(Example(prompt, options[label], options, label))
+        examples.append(kind.render(spec, row, i, prompt, target))
     return examples
 
 

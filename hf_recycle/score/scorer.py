@@ -31,7 +31,8 @@ from hf_recycle.score.batching import (
     plan_batches,
 )
 from hf_recycle.score.data import Example, load_examples
-from hf_recycle.score.generate import cut_at_stop, greedy_generate
+from hf_recycle.score.generate import greedy_generate
+from hf_recycle.score.kinds import KINDS
 from hf_recycle.score.likelihood import continuation_logprobs
 from hf_recycle.score.metric import TaskMetric
 from hf_recycle.score.tasks import SplitName, TaskSpec
@@ -109,6 +110,7 @@ class TaskScorer:
         self.name = spec.name
         self.weight = spec.weight
         self.higher_is_better = spec.larger_is_better
+        self.kind = KINDS[spec.kind]
         self.split = split
         self._examples = list(examples) if examples is not None else load_examples(spec, split, base_dir)
         if not self._examples:
@@ -123,14 +125,14 @@ class TaskScorer:
 
         # Items are the sequences the model runs on: one per example, or one per option.
         self._offsets = list(range(self.num_examples + 1))
-        if spec.kind == "generate":
+        if self.kind.generates:
             self._prompts = encoding.encode_prompts(tokenizer, prompts, spec.chat_template, spec.name)
         else:
             contexts: list[str] = []
             continuations: list[str] = []
             self._offsets = [0]
             for prompt, example in zip(prompts, self._examples, strict=True):
-                for text in example.options or (example.target,):
+                for text in self.kind.continuations(example):
                     contexts.append(prompt)
                     continuations.append(text)
                 self._offsets.append(len(contexts))
@@ -141,7 +143,7 @@ class TaskScorer:
         self._metric: TaskMetric | None = None
         if spec.metric_name is not None:
             self._metric = TaskMetric(spec.metric_name, spec.name, spec.metric_key, base_dir)
-            reference = self._references(1)
+            reference = self.references(1)
             self._metric.compute(reference, reference)  # fail now, not mid-search, on type or key errors
         self._token_budget: int | None = None
         self._plans: dict[tuple, list[tuple[Batch, list[int]]]] = {}
@@ -151,10 +153,23 @@ class TaskScorer:
     def __repr__(self) -> str:
         return f"TaskScorer(name={self.name!r}, kind={self.spec.kind!r}, split={self.split!r}, num_examples={self.num_examples})"
 
-    def _references(self, n: int) -> list:
-        if self.spec.kind == "choice":
-            return [e.label for e in self._examples[:n]]
-        return [e.target.strip() for e in self._examples[:n]]
+    def references(self, n: int) -> list:
+        """What the metric compares the first ``n`` examples' predictions with (the kind decides)."""
+        return self.kind.references(self._examples[:n])
+
+    @property
+    def offsets(self) -> list[int]:
+        """Example ``i``'s items (sequences the model runs) are ``offsets[i]:offsets[i + 1]``."""
+        return self._offsets
+
+    @property
+    def metric(self) -> TaskMetric | None:
+        """The task's metric (None for kinds whose score is fixed)."""
+        return self._metric
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated token ids as text (special tokens skipped)."""
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     # --- batches (weight-independent, cached) ---------------------------------------------------
 
@@ -163,7 +178,7 @@ class TaskScorer:
         truncated = 0
         sequences: list[list[int]] = []
         scored: list[int] = []
-        if self.spec.kind == "generate":
+        if self.kind.generates:
             new = self.spec.generation_length
             room = None if context is None else context - new
             if room is not None and room < 1:
@@ -194,7 +209,7 @@ class TaskScorer:
                 truncated,
                 n_items - first,
                 context,
-                f" minus {self.spec.generation_length} new" if self.spec.kind == "generate" else "",
+                f" minus {self.spec.generation_length} new" if self.kind.generates else "",
             )
         return sequences, scored
 
@@ -205,7 +220,7 @@ class TaskScorer:
         key = (first, n_items, str(device), context, self._token_budget)
         if key not in self._plans:
             sequences, scored = self._items(first, n_items, context)
-            extra = self.spec.generation_length if self.spec.kind == "generate" else 0
+            extra = self.spec.generation_length if self.kind.generates else 0
             lengths = [len(s) + extra for s in sequences]
             plan = []
             for items in plan_batches(lengths, self.spec.batch_size, device, self._token_budget):
@@ -281,7 +296,7 @@ class TaskScorer:
         first, n_items = self._offsets[done], self._offsets[n]
         keep = accepts_logits_to_keep(model)
         outputs: list = [None] * (n_items - first)
-        if self.spec.kind == "generate":
+        if self.kind.generates:
             eos = eos_token_ids(model, self._tokenizer)
             stop = self.spec.stop
             tokenizer = self._tokenizer
@@ -304,27 +319,7 @@ class TaskScorer:
         return outputs
 
     def _aggregate(self, outputs: list, n: int) -> TaskResult:
-        kind = self.spec.kind
-        if kind == "generate":
-            predictions = [
-                cut_at_stop(self._tokenizer.decode(ids, skip_special_tokens=True), self.spec.stop).strip()
-                for ids in outputs
-            ]
-            value, per_example = self._metric.compute(predictions, self._references(n))
-        elif kind == "choice":
-            predictions = []
-            for i in range(n):
-                logprobs = [lp for lp, _ in outputs[self._offsets[i] : self._offsets[i + 1]]]
-                predictions.append(max(range(len(logprobs)), key=logprobs.__getitem__))
-            value, per_example = self._metric.compute(predictions, self._references(n))
-        elif kind == "loglikelihood":
-            per_example = [lp for lp, _ in outputs]
-            predictions = [count for _, count in outputs]
-            value = math.fsum(per_example) / n
-        else:  # perplexity
-            per_example = [math.exp(-lp / count) for lp, count in outputs]
-            predictions = [count for _, count in outputs]
-            value = math.exp(-math.fsum(lp for lp, _ in outputs) / sum(predictions))
+        value, per_example, predictions = self.kind.aggregate(outputs, self, n)
         return TaskResult(
             self.name,
             float(value),

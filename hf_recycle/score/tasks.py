@@ -38,13 +38,12 @@ from pydantic import (
 )
 
 from hf_recycle.errors import TaskError
+from hf_recycle.score.kinds import KIND_NAMES, KINDS, field_problems
 
-KINDS = ("generate", "choice", "loglikelihood", "perplexity")
-TaskKind = Literal["generate", "choice", "loglikelihood", "perplexity"]
+# The kinds, from their registry (one module each in hf_recycle/score/kinds/)
+TaskKind = Literal[KIND_NAMES]  # type: ignore[valid-type]
 SplitName = Literal["search", "test"]
 
-# Metric used when a task does not name one.
-DEFAULT_METRICS = {"generate": "exact_match", "choice": "accuracy"}
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -189,19 +188,7 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> TaskSpec:
-        problems = []
-        if self.kind == "choice" and not self.options:
-            problems.append("kind 'choice' needs 'options': the example field that holds the list of options")
-        if self.kind != "choice" and self.options is not None:
-            problems.append(f"'options' is only for kind 'choice', not '{self.kind}'")
-        if self.kind != "generate":
-            for field in ("max_new_tokens", "stop"):
-                if getattr(self, field):
-                    problems.append(f"'{field}' is only for kind 'generate', not '{self.kind}'")
-        if self.kind in ("loglikelihood", "perplexity"):
-            for field in ("metric", "metric_key", "higher_is_better"):
-                if getattr(self, field) is not None:
-                    problems.append(f"'{field}' does not apply to kind '{self.kind}', whose score is fixed")
+        problems = field_problems(self)
         if self.test_split is not None and self.test_split.replace(" ", "") == self.search_split.replace(
             " ", ""
         ):
@@ -213,14 +200,14 @@ class TaskSpec(BaseModel):
     @property
     def metric_name(self) -> str | None:
         """The metric this task uses (its default for the kind when unset); None for likelihood kinds."""
-        return self.metric or DEFAULT_METRICS.get(self.kind)
+        return self.metric or KINDS[self.kind].default_metric
 
     @property
     def larger_is_better(self) -> bool:
         """Direction of this task's score: True unless perplexity or told otherwise."""
         if self.higher_is_better is not None:
             return self.higher_is_better
-        return self.kind != "perplexity"
+        return KINDS[self.kind].higher_is_better
 
     @property
     def generation_length(self) -> int:

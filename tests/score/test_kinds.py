@@ -1,0 +1,29 @@
+"""The task-kind registry: one module per kind, read by the schema, the data and the scorer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import typing
+
+from hf_recycle.score.kinds import KIND_NAMES, KINDS
+from hf_recycle.score.tasks import TaskKind
+
+
+def test_registry_lists_the_kinds_and_drives_the_schema():
+    assert KIND_NAMES == ("generate", "choice", "loglikelihood", "perplexity")
+    assert typing.get_args(TaskKind) == KIND_NAMES
+    assert [k.name for k in KINDS.values() if k.generates] == ["generate"]
+    assert {k.name: k.default_metric for k in KINDS.values()} == {
+        "generate": "exact_match",
+        "choice": "accuracy",
+        "loglikelihood": None,
+        "perplexity": None,
+    }
+    assert [k.name for k in KINDS.values() if not k.higher_is_better] == ["perplexity"]
+
+
+def test_the_registry_loads_no_torch():
+    code = "import sys, hf_recycle.score.tasks; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
