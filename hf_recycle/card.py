@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from hf_recycle.hub.pins import PinnedCheckpoint
     from hf_recycle.recipe import Recipe
+    from hf_recycle.search.outcome import Candidate, SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +123,17 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _entry_of(results: Mapping[str, Any], member: int | None) -> dict[str, Any]:
-    if member is None:
-        return dict(results["winner"])
-    front = results.get("pareto") or []
-    if not 0 <= member < len(front):
-        from hf_recycle.errors import SearchError
+def as_results(results: SearchResults | Mapping[str, Any]) -> SearchResults:
+    """``results`` as :class:`~hf_recycle.search.outcome.SearchResults` (read from results.json content)."""
+    from hf_recycle.search.outcome import SearchResults
 
-        raise SearchError(f"results.json has {len(front)} Pareto member(s): no member #{member}")
-    return dict(front[member])
+    return results if isinstance(results, SearchResults) else SearchResults.from_json(results)
 
 
-def _source_repo_ids(results: Mapping[str, Any], base: PinnedCheckpoint | None, method: str) -> list[str]:
+def _source_repo_ids(results: SearchResults, base: PinnedCheckpoint | None, method: str) -> list[str]:
     from hf_recycle.recipe import TASK_VECTOR_METHODS
 
-    repos = [c["repo_id"] for c in results["checkpoints"] if c.get("repo_id")]
+    repos = [c["repo_id"] for c in results.checkpoints if c.get("repo_id")]
     if base is not None and base.repo_id and method in TASK_VECTOR_METHODS:
         repos.append(base.repo_id)
     return list(dict.fromkeys(repos))
@@ -153,7 +150,7 @@ def agreed_license(licenses: Mapping[str, str | None] | None) -> str | None:
 
 
 def card_metadata(
-    results: Mapping[str, Any],
+    results: SearchResults | Mapping[str, Any],
     recipe: Recipe,
     *,
     base: PinnedCheckpoint | None = None,
@@ -164,9 +161,10 @@ def card_metadata(
     """The card's :class:`~huggingface_hub.ModelCardData` (see the module docstring for the keys)."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    entry = _entry_of(results, member)
-    method = results["merge"]["method"]
-    test = entry.get("test") or {}
+    results = as_results(results)
+    entry = results.candidate(member)
+    method = results.merge["method"]
+    test = entry.test or {}
     tasks = {t.name: t for t in recipe.tasks}
     eval_results = []
     for name, value in test.items():
@@ -221,10 +219,11 @@ def _source_row(pin: Mapping[str, Any], weight: float | None) -> dict[str, Any]:
     }
 
 
-def _comparison_text(results: Mapping[str, Any], entry: Mapping[str, Any], member: int | None) -> str | None:
+def _comparison_text(results: SearchResults, member: int | None) -> str | None:
     """One paragraph per baseline compared on the test split (every one when results.json has
     ``comparisons``), the baseline with the best search score marked."""
-    compared = versus_baselines(results, None if member is None else entry)
+    data = results.to_json()
+    compared = versus_baselines(data, None if member is None else data["pareto"][member])
     who = "This model" if member is None else f"Pareto member #{member}"
     paragraphs = []
     for name, comp, chosen in compared:
@@ -245,7 +244,7 @@ def _comparison_text(results: Mapping[str, Any], entry: Mapping[str, Any], membe
     return "\n\n".join(paragraphs) or None
 
 
-def _results_rows(results: Mapping[str, Any], entry: Mapping[str, Any], tasks: Sequence[str], split: str):
+def _results_rows(results: SearchResults, entry: Candidate, tasks: Sequence[str], split: str):
     rows = []
 
     def add(label: str, scores: Mapping[str, Any] | None) -> None:
@@ -259,19 +258,19 @@ def _results_rows(results: Mapping[str, Any], entry: Mapping[str, Any], tasks: S
             }
         )
 
-    add(f"**this model** (trial {entry['trial']})", entry.get(split))
-    for name, base in results.get("baselines", {}).items():
+    add(f"**this model** (trial {entry.trial})", getattr(entry, split))
+    for name, base in results.baselines.items():
         label = _BASELINE_LABELS.get(name, name)
-        if name == "best_single" and "checkpoint" in base:
-            label += f" (#{base['checkpoint']})"
-        if name == "greedy_soup" and "members" in base:
-            label += " (" + ", ".join(f"#{m}" for m in base["members"]) + ")"
-        add(label, base.get(split))
+        if name == "best_single" and base.checkpoint is not None:
+            label += f" (#{base.checkpoint})"
+        if name == "greedy_soup" and base.members is not None:
+            label += " (" + ", ".join(f"#{m}" for m in base.members) + ")"
+        add(label, getattr(base, split))
     return rows
 
 
 def build_card(
-    results: Mapping[str, Any],
+    results: SearchResults | Mapping[str, Any],
     recipe: Recipe,
     *,
     recipe_text: str,
@@ -285,12 +284,12 @@ def build_card(
     """Render the model card of a search's winner (or of one Pareto member).
 
     Args:
-        results: The content of ``results.json`` (:func:`hf_recycle.search.api.search`'s return).
+        results: :func:`hf_recycle.search.api.search`'s return, or the content of ``results.json``.
         recipe: The recipe the search ran.
         recipe_text: The exact recipe YAML, shown in the card.
         command: The command that reproduces the model, shown in the card.
         base: The pinned base checkpoint, if the recipe has one.
-        member: Index into ``results["pareto"]`` to describe that member instead of the winner.
+        member: Index into ``results.pareto`` to describe that member instead of the winner.
         repo_id: The repo the card is pushed to (names the model); default: the recipe's name.
         licenses: Source repo id -> its license (``None`` when unknown); the card's ``license``
             is set only when every source has the same one.
@@ -309,30 +308,31 @@ def build_card(
 
     from hf_recycle.merge.methods import get_method
 
-    entry = _entry_of(results, member)
-    merge_info = results["merge"]
+    results = as_results(results)
+    entry = results.candidate(member)
+    merge_info = results.merge
     method = get_method(merge_info["method"])
     data = card_metadata(results, recipe, base=base, member=member, model_name=repo_id, licenses=licenses)
-    tasks = [t["name"] for t in results["tasks"]]
-    has_test = entry.get("test") is not None
+    tasks = [t.name for t in results.tasks]
+    has_test = entry.test is not None
     split = "test" if has_test else "search"
     parameters: dict[str, Any] = {"normalize": merge_info.get("normalize")}
     if method.needs_base:
         parameters["lambda"] = merge_info.get("lambda")
     if method.uses_density:
-        parameters["density"] = entry.get("density", merge_info.get("density"))
+        parameters["density"] = entry.density if entry.density is not None else merge_info.get("density")
     if method.name.startswith("dare"):
         parameters["seed"] = merge_info.get("seed")
     parameters["dtype"] = recipe.merge.dtype
     specs = {t.name: t for t in recipe.tasks}
     task_rows = []
-    for t in results["tasks"]:
-        spec = specs.get(t["name"])
+    for t in results.tasks:
+        spec = specs.get(t.name)
         task_rows.append(
             {
-                "name": t["name"],
-                "weight": t.get("weight", 1.0),
-                "higher_is_better": t.get("higher_is_better", True),
+                "name": t.name,
+                "weight": t.weight,
+                "higher_is_better": t.higher_is_better,
                 "kind": spec.kind if spec else "?",
                 "metric": (spec.metric_name or spec.kind) if spec else "?",
                 "data": spec.data.path if spec else "?",
@@ -340,20 +340,18 @@ def build_card(
                 "test_split": (spec.test_split or "–") if spec else "?",
             }
         )
-    study = results.get("study", {})
-    front = results.get("pareto") or []
-    layer_weights = entry.get("layer_weights")
+    study = results.study
+    front = results.pareto
+    layer_weights = {g: list(row) for g, row in entry.layer_weights.items()} if entry.layer_weights else None
     context = {
         "title": (repo_id or recipe.name) + (f" (Pareto member #{member})" if member is not None else ""),
         "paper_url": PAPER_URL,
         "citation": CITATION,
-        "sources": [
-            _source_row(pin, w) for pin, w in zip(results["checkpoints"], entry["weights"], strict=True)
-        ],
+        "sources": [_source_row(pin, w) for pin, w in zip(results.checkpoints, entry.weights, strict=True)],
         "base": _source_row(base.to_json() | {"spec": base.spec}, None) | {"label": base.display}
         if base is not None
         else None,
-        "any_local": any(pin.get("repo_id") is None for pin in results["checkpoints"])
+        "any_local": any(pin.get("repo_id") is None for pin in results.checkpoints)
         or (base is not None and base.is_local),
         "layer_weights": layer_weights,
         "method": {
@@ -363,28 +361,30 @@ def build_card(
             "parameters": {k: format_score(v) for k, v in parameters.items() if v is not None},
         },
         "search": {
-            "sampler": study.get("sampler", recipe.search.sampler),
-            "sampler_name": _sampler_name(study.get("sampler", recipe.search.sampler)),
-            "trials": results.get("trials"),
-            "trials_requested": study.get("trials_requested", recipe.search.trials),
-            "objective": study.get("objective", recipe.search.objective),
-            "weights": results.get("space", {}).get("weights", recipe.search.weights),
-            "granularity": results.get("space", {}).get("granularity", recipe.search.granularity),
+            "sampler": study.sampler,
+            "sampler_name": _sampler_name(study.sampler),
+            "trials": results.trials,
+            "trials_requested": study.trials_requested
+            if study.trials_requested is not None
+            else recipe.search.trials,
+            "objective": study.objective,
+            "weights": results.space.get("weights", recipe.search.weights),
+            "granularity": results.space.get("granularity", recipe.search.granularity),
             "seed": recipe.search.seed,
             "baselines": [_BASELINE_LABELS.get(b, b) for b in recipe.search.baselines],
         },
         "objective_text": "Pareto front of the task scores"
-        if study.get("objective") == "pareto"
+        if study.objective == "pareto"
         else "task-weighted macro-average of the task scores",
-        "member": {"index": member, "trial": entry["trial"], "front_size": len(front)}
+        "member": {"index": member, "trial": entry.trial, "front_size": len(front)}
         if member is not None
         else None,
         "tasks": task_rows,
         "task_names": tasks,
         "has_test": has_test,
         "results_rows": _results_rows(results, entry, tasks, split),
-        "comparison": _comparison_text(results, entry, member),
-        "plots": [{"name": Path(p).stem, "path": p} for p in results.get("plots", [])],
+        "comparison": _comparison_text(results, member),
+        "plots": [{"name": Path(p).stem, "path": p} for p in results.plots],
         "command": command,
         "recipe_text": recipe_text,
         "versions": library_versions(),

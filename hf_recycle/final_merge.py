@@ -22,6 +22,7 @@ from typing import Any
 
 from hf_recycle.errors import MergeConfigError
 from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.search.outcome import Candidate
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,14 @@ def layer_group_weights(layer_weights: Mapping[str, Sequence[float]], layers_per
     return GroupWeights({g: [float(w) for w in layer_weights[g]] for g in groups}, group_of)
 
 
-def _record(entry: Mapping[str, Any], merge_info: Mapping[str, Any], pins: Sequence[PinnedCheckpoint],
+def _record(entry: Candidate, merge_info: Mapping[str, Any], pins: Sequence[PinnedCheckpoint],
             base: PinnedCheckpoint | None, dtype: str) -> dict[str, Any]:  # fmt: skip
+    layers = entry.layer_weights
     return {
-        "trial": entry.get("trial"),
-        "weights": list(entry["weights"]),
-        "layer_weights": entry.get("layer_weights"),
-        "density": entry.get("density"),
+        "trial": entry.trial,
+        "weights": list(entry.weights),
+        "layer_weights": {g: list(row) for g, row in layers.items()} if layers else None,
+        "density": entry.density,
         "merge": dict(merge_info),
         "dtype": dtype,
         "checkpoints": [pin.to_json() for pin in pins],
@@ -70,7 +72,7 @@ def _record(entry: Mapping[str, Any], merge_info: Mapping[str, Any], pins: Seque
 
 
 def merge_entry(
-    entry: Mapping[str, Any],
+    entry: Candidate,
     merge_info: Mapping[str, Any],
     pins: Sequence[PinnedCheckpoint],
     output: str | Path,
@@ -83,12 +85,12 @@ def merge_entry(
     endpoint: str | None = None,
     token: str | bool | None = None,
 ) -> bool:
-    """Merge the checkpoints with the weights of one results.json entry into ``output``.
+    """Merge the checkpoints with the weights of one candidate of a search into ``output``.
 
     Args:
-        entry: ``results["winner"]`` or a member of ``results["pareto"]`` (``weights``, and
+        entry: ``results.winner`` or a member of ``results.pareto`` (its ``weights``, and
             ``layer_weights`` / ``density`` when searched).
-        merge_info: ``results["merge"]``: method, lambda, normalize, density, seed.
+        merge_info: ``results.merge``: method, lambda, normalize, density, seed.
         pins: The pinned checkpoints, in the order of the weights.
         output: The folder to write (replaced when it holds another merge).
         base: The pinned base (task-vector methods, LoRA inputs).
@@ -109,11 +111,11 @@ def merge_entry(
     if marker.is_file():
         try:
             if json.loads(marker.read_text(encoding="utf-8")) == json.loads(json.dumps(record)):
-                logger.info("%s already holds the merge of trial %s: skipping it", output, entry.get("trial"))
+                logger.info("%s already holds the merge of trial %s: skipping it", output, entry.trial)
                 return False
         except ValueError:
             pass
-    density = entry.get("density", merge_info.get("density"))
+    density = entry.density if entry.density is not None else merge_info.get("density")
     kwargs = dict(
         method=merge_info["method"],
         density=density,
@@ -128,11 +130,12 @@ def merge_entry(
     )
     from hf_recycle.merge.engine import merge
 
-    if entry.get("layer_weights"):
-        n = layers_per_group or _layers_per_group(list(entry["layer_weights"]))
-        weights = layer_group_weights(entry["layer_weights"], n)
+    if entry.layer_weights:
+        layers = {g: list(row) for g, row in entry.layer_weights.items()}
+        n = layers_per_group or _layers_per_group(list(layers))
+        weights = layer_group_weights(layers, n)
     else:
-        weights = list(entry["weights"])
+        weights = list(entry.weights)
     merge(list(pins), output, weights=weights, base=base, overwrite=True, **kwargs)
     marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return True

@@ -34,6 +34,7 @@ from typing import Any
 from hf_recycle.errors import HfRecycleError, RecipeError
 from hf_recycle.hub.pins import PinnedCheckpoint
 from hf_recycle.portable import PortableNames
+from hf_recycle.search.outcome import Candidate, SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +98,13 @@ class RunResult:
 
     Attributes:
         output_dir: The run's output folder.
-        results: The content of ``results.json``.
+        results: The search's results (``results.json``).
         model_dirs: The merged model folders (the winner first).
         pushes: One :class:`~hf_recycle.hub.push.PushResult` per push made.
     """
 
     output_dir: Path
-    results: dict[str, Any]
+    results: SearchResults
     model_dirs: list[Path]
     pushes: list[Any] = field(default_factory=list)
 
@@ -337,16 +338,16 @@ def run(
     )
     # The search wrote checkpoints.lock.json next to results.json, with the base its merges
     # used (the recipe's when the method or a LoRA input needs one, else the one adapters name).
-    pins = [PinnedCheckpoint.from_json(c, spec=c.get("spec")) for c in results["checkpoints"]]
-    base = PinnedCheckpoint.from_json(results["base"]) if results.get("base") else None
+    pins = [PinnedCheckpoint.from_json(c, spec=c.get("spec")) for c in results.checkpoints]
+    base = PinnedCheckpoint.from_json(results.base) if results.base else None
 
-    entries: list[tuple[Path, dict[str, Any], int | None]] = []
-    if results.get("pareto"):
-        members = results["pareto"]
-        order = sorted(range(len(members)), key=lambda i: members[i]["trial"] != results["winner"]["trial"])
-        entries = [(out / PARETO_DIRNAME / f"trial-{members[i]['trial']}", members[i], i) for i in order]
+    entries: list[tuple[Path, Candidate, int | None]] = []
+    if results.pareto:
+        members = results.pareto
+        order = sorted(range(len(members)), key=lambda i: members[i].trial != results.winner.trial)
+        entries = [(out / PARETO_DIRNAME / f"trial-{members[i].trial}", members[i], i) for i in order]
     else:
-        entries = [(out / MODEL_DIRNAME, results["winner"], None)]
+        entries = [(out / MODEL_DIRNAME, results.winner, None)]
 
     names = names or PortableNames((base_dir, Path.cwd()))
     published = _Published(
@@ -359,7 +360,7 @@ def run(
             storage=names.storage(storage),
             endpoint=endpoint,
         ),
-        results=names.results(results),
+        results=SearchResults.from_json(names.results(results)),
         pins=[names.pin(p) for p in pins],
         base=names.pin(base) if base else None,
         names=names,
@@ -407,7 +408,7 @@ class _Published:
     recipe: Any
     text: str
     command: str
-    results: dict[str, Any]
+    results: SearchResults
     pins: list[PinnedCheckpoint]
     base: PinnedCheckpoint | None
     names: PortableNames
@@ -415,9 +416,9 @@ class _Published:
 
 def _finish_model_folder(
     folder: Path,
-    entry: dict[str, Any],
+    entry: Candidate,
     member: int | None,
-    results: dict[str, Any],
+    results: SearchResults,
     recipe: Any,
     pins: list[PinnedCheckpoint],
     base: PinnedCheckpoint | None,
@@ -436,12 +437,12 @@ def _finish_model_folder(
     from hf_recycle.card import build_card, write_card
     from hf_recycle.final_merge import merge_entry
     from hf_recycle.hub.lock import write_lock
-    from hf_recycle.merge.engine import MERGE_CONFIG_FILE
+    from hf_recycle.merge.output_folder import MERGE_CONFIG_FILE
     from hf_recycle.search.report import write_results
 
     merge_entry(
         entry,
-        results["merge"],
+        results.merge,
         pins,
         folder,
         base=base,
@@ -458,13 +459,13 @@ def _finish_model_folder(
     if config.is_file():
         data = published.names.merge_config(json.loads(config.read_text(encoding="utf-8")), pins, base)
         config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    write_results(folder, published.results)
+    write_results(folder, published.results.to_json())
     if (out / "plots").is_dir():
         shutil.copytree(out / "plots", folder / "plots", dirs_exist_ok=True)
         if any(pin.is_local for pin in pins):  # the search's plot labels them by their local paths
             _relabel_weights_plot(folder, published)
     (folder / RECIPE_FILENAME).write_text(published.text, encoding="utf-8")
-    name = repo_id if member is None or repo_id is None else f"{repo_id} (trial {entry['trial']})"
+    name = repo_id if member is None or repo_id is None else f"{repo_id} (trial {entry.trial})"
     card = build_card(
         published.results,
         published.recipe,
@@ -484,13 +485,11 @@ def _relabel_weights_plot(folder: Path, published: _Published) -> None:
     """Redraw ``plots/weights.png`` with the checkpoints' portable names."""
     from hf_recycle.search import plots
 
-    if "plots/weights.png" not in published.results.get("plots", []):
+    if "plots/weights.png" not in published.results.plots:
         return
-    winner = published.results["winner"]
+    winner = published.results.winner
     labels = [f"{i}: {pin.display}"[:40] for i, pin in enumerate(published.pins)]  # as the search labels them
-    plots.plot_weights(
-        labels, winner["weights"], winner.get("layer_weights"), folder / "plots" / "weights.png"
-    )
+    plots.plot_weights(labels, list(winner.weights), winner.layer_weights, folder / "plots" / "weights.png")
 
 
 def _push_private(recipe: Any, published: _Published, endpoint: str | None, token: str | bool | None) -> bool:
@@ -532,7 +531,7 @@ def _push_all(
     for i, (folder, entry, member) in enumerate(entries):
         branches = [target.branch] if i == 0 else []
         if member is not None:
-            branches.append(f"pareto-trial-{entry['trial']}")
+            branches.append(f"pareto-trial-{entry.trial}")
         for branch in branches:
             pushes.append(
                 push_folder(

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         **where,
     )
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results.to_json(), indent=2))
     else:
         from hf_recycle.search.report import summary_text
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from hf_recycle.errors import SearchError
 from hf_recycle.search.objective import Scorer, TrialObjective, macro_mean, score_all, write_candidate
+from hf_recycle.search.outcome import SearchResults
 from hf_recycle.search.samplers import make_sampler
 from hf_recycle.search.space import SearchSpace, group_tensors
 from hf_recycle.search.study import (
@@ -36,7 +37,7 @@ from hf_recycle.search.worker import StudyLock, run_worker
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["search", "create_study", "SearchSetup"]
+__all__ = ["search", "create_study", "SearchSetup", "SearchResults"]
 
 
 @dataclass
@@ -271,7 +272,7 @@ def search(
     test_scorers: Sequence[Scorer] | None = None,
     heartbeat_interval: int | None = 30,
     n_boot: int = 2000,
-) -> dict[str, Any]:
+) -> SearchResults:
     """Search the merge weights of a recipe's checkpoints; resume the study when it exists.
 
     Args:
@@ -292,8 +293,8 @@ def search(
         n_boot: Resamples of the paired bootstrap.
 
     Returns:
-        The content written to ``results.json`` (``checkpoints.lock.json`` with the pins is
-        written next to it).
+        The :class:`~hf_recycle.search.outcome.SearchResults`, also written to ``results.json``
+        (``checkpoints.lock.json`` with the pins is written next to it).
     """
     import optuna
 

@@ -38,12 +38,11 @@ import numpy as np
 from hf_recycle.score.engines import ScoringEngine
 from hf_recycle.search.baselines import greedy_soup_step
 from hf_recycle.search.objective import Scorer, macro_mean, score_all, write_candidate
+from hf_recycle.search.outcome import RESULTS_FORMAT, SearchResults
 from hf_recycle.search.report import paired_bootstrap, scores_dict, write_results
 from hf_recycle.search.study import baseline_members, pruned_count, redact_url, single_scores, soup_scores
 
 logger = logging.getLogger(__name__)
-
-RESULTS_FORMAT = 1
 
 
 def _group_sizes(resident: Any, n_groups: int) -> np.ndarray:
@@ -73,7 +72,7 @@ def build_results(
     test_scorers: ScoringEngine | Sequence[Scorer] | None,
     *,
     n_boot: int = 2000,
-) -> dict[str, Any]:
+) -> SearchResults:
     """Score the winner(s) and baselines on the test split and write results.json, results.md and plots."""
     from optuna.trial import TrialState
 
@@ -220,7 +219,7 @@ def build_results(
     results["plots"] = _plots(setup, results, complete, single_trials)
     write_results(setup.output_dir, results)
     logger.info("wrote %s", setup.output_dir / "results.json")
-    return results
+    return SearchResults.from_json(results)
 
 
 def _plots(
