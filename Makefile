@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install test lint format bench demo clean
+.PHONY: install test test-fast lint format bench demo clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ endif
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (Trainer runs, subprocess kills, the demo, big searches).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check hf_recycle tests benchmarks

@@ -68,3 +68,39 @@ def llama_pool_bf16(tmp_path_factory) -> tuple[Path, list[Path]]:
 def gpt2_pool(tmp_path_factory) -> tuple[Path, list[Path]]:
     """Base + 3 fine-tunes of a tiny GPT-2 with tied embeddings (no lm_head.weight on disk)."""
     return models.build_pool(tmp_path_factory.mktemp("gpt2"), "gpt2", n=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_served(tmp_path_factory):
+    """A local Hub with demo/tiny-lm: branch base, and step-* branches holding three fine-tunes
+    (see tests/recipe_runs.py); yields ``(server, shas by branch)``."""
+    import huggingface_hub.constants as c
+    from recipe_runs import STEPS
+
+    from hf_recycle.testing.local_hub import LocalHub
+
+    root = tmp_path_factory.mktemp("pipeline-models")
+    base, ckpts = models.build_pool(root / "pool", "llama", n=3, seed=5, scale=0.2)
+    for folder in [base, *ckpts]:
+        (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
+    with LocalHub() as hub, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(c, "HF_HUB_OFFLINE", False)
+        shas = {"base": hub.publish(base, "demo/tiny-lm", branch="base")}
+        for step, ckpt in zip(STEPS, ckpts, strict=True):
+            shas[step] = hub.publish(ckpt, "demo/tiny-lm", branch=step)
+        yield hub, shas
+
+
+@pytest.fixture
+def tiny_lm_hub(tiny_lm_served, monkeypatch):
+    """:func:`tiny_lm_served`, online, as huggingface_hub's endpoint, with its token: ``(server, shas)``."""
+    import huggingface_hub.constants as c
+
+    server, shas = tiny_lm_served
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", server.token)  # pushes need the server's token
+    monkeypatch.setattr(c, "ENDPOINT", server.endpoint)
+    monkeypatch.setattr(
+        c, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    return server, shas

@@ -240,6 +240,7 @@ def _assert_recycled(out: Path, trainer, n_pool: int) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_full_run_recycles_checkpoints_and_final_weights(tmp_path, base_dir, caplog, monkeypatch):
     import yaml
     from transformers import AutoModelForCausalLM
@@ -285,6 +286,7 @@ def test_full_run_recycles_checkpoints_and_final_weights(tmp_path, base_dir, cap
         torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_peft_run_recycles_adapter_checkpoints(tmp_path, base_dir):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -402,6 +404,7 @@ def test_only_the_main_process_records(tmp_path, base_dir):
     ]
 
 
+@pytest.mark.slow
 def test_hub_all_checkpoints_brings_back_rotated_checkpoints_and_pushes(
     tmp_path, base_dir, local_hub, slow_uploads
 ):
@@ -452,6 +455,7 @@ def test_hub_all_checkpoints_brings_back_rotated_checkpoints_and_pushes(
     assert "README.md" in files and any(f.endswith(".safetensors") for f in files)
 
 
+@pytest.mark.slow
 def test_hub_every_save_recycles_rotated_checkpoints_from_their_commits(
     tmp_path, base_dir, local_hub, slow_uploads
 ):
@@ -508,6 +512,7 @@ def test_hub_every_save_recycles_rotated_checkpoints_from_their_commits(
         torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_other_processes_of_a_distributed_run_do_nothing(tmp_path, base_dir):
     from transformers import AutoModelForCausalLM
 

@@ -52,6 +52,7 @@ def _local_path_leaks(files: dict[str, bytes], *paths: Path) -> list[str]:
     return leaks
 
 
+@pytest.mark.slow
 def test_private_training_repo_makes_the_merge_private(tmp_path, base_dir, local_hub):
     from hf_recycle import RecycleCallback
 
@@ -115,6 +116,7 @@ def _published_pool(hub, tmp_path: Path, repo: str, private: bool) -> list[str]:
     return [f"{repo}@a", f"{repo}@b"]
 
 
+@pytest.mark.slow
 def test_run_pushes_private_when_a_source_repo_is_private_unless_told(tmp_path, local_hub):
     from hf_recycle.pipeline import run
 
@@ -152,6 +154,7 @@ def test_push_into_an_existing_repo_keeps_its_visibility(tmp_path, local_hub):
     assert api.list_repo_commits("me/kept-public") == before  # nothing uploaded
 
 
+@pytest.mark.slow
 def test_hub_token_is_used_for_every_call_and_never_written(
     tmp_path, base_dir, local_hub, monkeypatch, caplog, capsys
 ):
@@ -195,6 +198,7 @@ def test_hub_token_is_used_for_every_call_and_never_written(
     )
 
 
+@pytest.mark.slow
 def test_trainer_push_to_hub_leaves_out_the_recycled_files(tmp_path, base_dir, local_hub):
     from hf_recycle import RecycleCallback
 
@@ -221,6 +225,7 @@ def test_trainer_push_to_hub_leaves_out_the_recycled_files(tmp_path, base_dir, l
     assert (out / "_recycled/model/model.safetensors").is_file() and (out / "_recycle/final").is_dir()
 
 
+@pytest.mark.slow
 def test_pushed_files_name_checkpoints_by_hub_pin_and_hold_no_local_path(tmp_path, base_dir, local_hub):
     from huggingface_hub import ModelCard
 

@@ -176,6 +176,7 @@ def _sums_recipe(folder: Path, ckpts, out: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_search_outputs_on_a_full_disk(llama_pool, search_disk, tmp_path, capsys):
     """A search whose output disk fills up (here: at its end, when the study and results are
     written) says so in one paragraph; no half-written results, no temporary files."""

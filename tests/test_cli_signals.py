@@ -91,6 +91,7 @@ def _end(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> int:
     return status
 
 
+@pytest.mark.slow
 def test_sigterm_mid_merge_leaves_nothing_and_exits_143(llama_pool, tmp_path):
     _, ckpts = llama_pool
     out = tmp_path / "out"
@@ -102,6 +103,7 @@ def test_sigterm_mid_merge_leaves_nothing_and_exits_143(llama_pool, tmp_path):
     assert not out.exists() and _dot_names(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigkilled_merge_leftover_is_removed_by_the_next_merge(llama_pool, tmp_path, capsys):
     _, ckpts = llama_pool
     out = tmp_path / "out"
@@ -209,6 +211,7 @@ def hub_with_model(llama_pool, monkeypatch):
         yield hub
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_hub_download_exits_143_and_leaves_nothing(hub_with_model, tmp_path):
     proxy = _StallingProxy(hub_with_model.endpoint)
     out = tmp_path / "outputs" / "merged"

@@ -113,6 +113,7 @@ def test_summary_counts_weights_and_margins():
     assert "vs greedy soup 0.800: +0.000 (not better)" in text and "3 of 4 checkpoints" in text
 
 
+@pytest.mark.slow
 def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 

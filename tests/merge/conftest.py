@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_recycle.merge import streaming
 from hf_recycle.testing import models
 
 
@@ -15,3 +16,9 @@ def gpt2_untied(tmp_path_factory) -> Path:
     config = models.tiny_gpt2_config(tie_word_embeddings=False)
     model = models.build_model(config, seed=11)
     return models.save_checkpoint(model, tmp_path_factory.mktemp("gpt2-untied") / "untied")
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Force many row blocks per tensor so the chunked path is what runs."""
+    monkeypatch.setattr(streaming, "CPU_BLOCK_ELEMENTS", 100)

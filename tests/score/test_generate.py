@@ -4,51 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-from score_reference import jsonl_task, random_prompts, reference_generate, write_jsonl
+from score_reference import (
+    MAX_NEW,
+    STOP,
+    frequent_eos,
+    generate_task,
+    jsonl_task,
+    random_prompts,
+    reference_generate,
+    tiny_model,
+    write_jsonl,
+)
 
 from hf_recycle.score.scorer import TaskScorer
 from hf_recycle.score.tasks import TaskSpec
 from hf_recycle.testing import models
 
-MAX_NEW = 10
-STOP = ("=", "ab")
-
-
-def _model(arch: str):
-    config = models.tiny_llama_config() if arch == "llama" else models.tiny_gpt2_config()
-    model = models.build_model(config, seed=11)
-    return model
-
-
-def _frequent_eos(model, tokenizer):
-    """Make several common characters end generation, so rows stop at different steps."""
-    model.generation_config.eos_token_id = [2, *tokenizer.convert_tokens_to_ids(list("bdfhj13579"))]
-    return model
-
-
-def _task(tmp_path, tokenizer, model, n=24, seed=0, stop=STOP, **spec_kw):
-    """A generate task whose targets are the reference continuations for even examples only."""
-    prompts = random_prompts(n, seed=seed)
-    refs = [reference_generate(model, tokenizer, p, MAX_NEW, stop) for p in prompts]
-    targets = [r if i % 2 == 0 else r + "#" for i, r in enumerate(refs)]
-    rows = [{"q": p, "a": " " + t} for p, t in zip(prompts, targets, strict=True)]
-    spec = jsonl_task(
-        tmp_path,
-        rows,
-        name="gen",
-        prompt="{q}",
-        target="{a}",
-        max_new_tokens=MAX_NEW,
-        stop=list(stop),
-        **spec_kw,
-    )
-    return spec, prompts, refs
-
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_generate_matches_one_at_a_time_generate(tmp_path, char_tokenizer, arch):
-    model = _frequent_eos(_model(arch), char_tokenizer)
-    spec, prompts, refs = _task(tmp_path, char_tokenizer, model)
+    model = frequent_eos(tiny_model(arch), char_tokenizer)
+    spec, prompts, refs = generate_task(tmp_path, char_tokenizer, model)
     scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
     result = scorer.score(model)
 
@@ -63,24 +39,10 @@ def test_generate_matches_one_at_a_time_generate(tmp_path, char_tokenizer, arch)
     assert result.higher_is_better and result.name == "gen"
 
 
-def test_batch_size_and_limit_do_not_change_scores(tmp_path, char_tokenizer):
-    model = _frequent_eos(_model("llama"), char_tokenizer)
-    spec, _, refs = _task(tmp_path, char_tokenizer, model, n=12, seed=1)
-    auto = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
-    fixed = TaskScorer(spec.model_copy(update={"batch_size": 5}), char_tokenizer, base_dir=tmp_path)
-    assert fixed.score(model) == auto
-    first = fixed.score(model, limit=4)
-    assert first.per_example == auto.per_example[:4]
-    assert list(first.predictions) == refs[:4]
-    assert fixed.score(model, limit=100).per_example == auto.per_example
-    resumed = fixed.score(model, resume=first)  # the first 4 reused, the other 8 generated
-    assert resumed == auto and resumed.predictions == auto.predictions
-
-
 def test_weights_changed_in_place_are_seen(tmp_path, char_tokenizer):
     """The search writes new weights into the same model object: nothing weight-dependent is cached."""
-    model = _frequent_eos(_model("llama"), char_tokenizer)
-    spec, prompts, _ = _task(tmp_path, char_tokenizer, model, n=8, seed=2)
+    model = frequent_eos(tiny_model("llama"), char_tokenizer)
+    spec, prompts, _ = generate_task(tmp_path, char_tokenizer, model, n=8, seed=2)
     scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
     before = scorer.score(model)
     models.perturb(model, 0.5, seed=5)
@@ -91,8 +53,8 @@ def test_weights_changed_in_place_are_seen(tmp_path, char_tokenizer):
 
 
 def test_model_mode_is_restored(tmp_path, char_tokenizer):
-    model = _model("llama")
-    spec, _, _ = _task(tmp_path, char_tokenizer, model, n=3)
+    model = tiny_model("llama")
+    spec, _, _ = generate_task(tmp_path, char_tokenizer, model, n=3)
     scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
     model.train()
     scorer.score(model)
@@ -101,7 +63,7 @@ def test_model_mode_is_restored(tmp_path, char_tokenizer):
 
 
 def test_tokenizer_without_pad_token(tmp_path, char_tokenizer, llama_model):
-    spec, _, refs = _task(tmp_path, char_tokenizer, llama_model, n=10, seed=3)
+    spec, _, refs = generate_task(tmp_path, char_tokenizer, llama_model, n=10, seed=3)
     no_pad = models.build_char_tokenizer()
     no_pad.pad_token = None
     assert no_pad.pad_token_id is None
@@ -148,7 +110,7 @@ def test_chat_template_wraps_the_prompt(tmp_path, llama_model):
 
 
 def test_inference_runs_without_grad(tmp_path, char_tokenizer, llama_model):
-    spec, _, _ = _task(tmp_path, char_tokenizer, llama_model, n=2)
+    spec, _, _ = generate_task(tmp_path, char_tokenizer, llama_model, n=2)
     scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
     torch.set_grad_enabled(True)
     scorer.score(llama_model)

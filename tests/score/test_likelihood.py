@@ -3,49 +3,20 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
-from score_reference import jsonl_task, random_prompts, reference_logprob
+from score_reference import choice_rows, choice_task, jsonl_task, reference_logprob, text_rows
 
 from hf_recycle.score.scorer import TaskScorer
 from hf_recycle.testing import models
 
 
-def _choice_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    prompts = random_prompts(n, seed=seed)
-    rows = []
-    for p in prompts:
-        options = [
-            "".join(rng.choice("klmnopqrs ") for _ in range(rng.choice((1, 3, 12))))
-            for _ in range(rng.choice((2, 4)))
-        ]
-        options = list(dict.fromkeys(options))
-        if len(options) < 2:
-            options.append("zz")
-        rows.append({"q": p, "options": options, "label": rng.randrange(len(options))})
-    return rows
-
-
-def _text_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    return [
-        {"q": p, "a": "".join(rng.choice("xyz01 ") for _ in range(rng.choice((1, 4, 30))))}
-        for p in random_prompts(n, seed=seed)
-    ]
-
-
-def _choice_task(folder, rows, **fields):
-    return jsonl_task(folder, rows, name="mc", kind="choice", options="options", **fields)
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_choice_matches_one_at_a_time_forwards(tmp_path, char_tokenizer, llama_model, gpt2_model, arch):
     model = llama_model if arch == "llama" else gpt2_model
-    rows = _choice_rows(20, seed=7)
-    spec = _choice_task(tmp_path, rows, prompt="{q} ->", target="{label}")
+    rows = choice_rows(20, seed=7)
+    spec = choice_task(tmp_path, rows, prompt="{q} ->", target="{label}")
     result = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
 
     expected_pred = []
@@ -59,19 +30,8 @@ def test_choice_matches_one_at_a_time_forwards(tmp_path, char_tokenizer, llama_m
     assert 0 < result.value < 1  # not a degenerate check
 
 
-def test_choice_target_as_option_text(tmp_path, char_tokenizer, llama_model):
-    rows = _choice_rows(6, seed=8)
-    for row in rows:
-        row["answer"] = row["options"][row["label"]]
-    by_text = _choice_task(tmp_path, rows, prompt="{q}", target="{answer}")
-    by_index = by_text.model_copy(update={"target": "{label}"})
-    a = TaskScorer(by_text, char_tokenizer, base_dir=tmp_path).score(llama_model)
-    b = TaskScorer(by_index, char_tokenizer, base_dir=tmp_path).score(llama_model)
-    assert a == b
-
-
 def test_loglikelihood_and_perplexity(tmp_path, char_tokenizer, llama_model):
-    rows = _text_rows(16, seed=9)
+    rows = text_rows(16, seed=9)
     ll = jsonl_task(tmp_path, rows, name="ll", kind="loglikelihood", prompt="{q}|", target="{a}")
     ppl = ll.model_copy(update={"name": "ppl", "kind": "perplexity"})
     ll_result = TaskScorer(ll, char_tokenizer, base_dir=tmp_path).score(llama_model)
@@ -85,26 +45,6 @@ def test_loglikelihood_and_perplexity(tmp_path, char_tokenizer, llama_model):
     corpus = math.exp(-sum(lp for lp, _ in refs) / sum(n for _, n in refs))
     assert ppl_result.value == pytest.approx(corpus, rel=1e-5)
     assert list(ppl_result.predictions) == [n for _, n in refs]
-
-
-@pytest.mark.parametrize("kind", ["loglikelihood", "perplexity", "choice"])
-def test_batch_size_and_limit_do_not_change_scores(tmp_path, char_tokenizer, gpt2_model, kind):
-    if kind == "choice":
-        spec = _choice_task(tmp_path, _choice_rows(10, seed=10), prompt="{q}", target="{label}")
-    else:
-        spec = jsonl_task(tmp_path, _text_rows(10, seed=10), kind=kind, prompt="{q}", target="{a}")
-    auto = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(gpt2_model)
-    one_by_one = TaskScorer(spec.model_copy(update={"batch_size": 1}), char_tokenizer, base_dir=tmp_path)
-    assert one_by_one.score(gpt2_model).per_example == pytest.approx(auto.per_example, rel=1e-5, abs=1e-5)
-    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
-    first = scorer.score(gpt2_model, limit=3)
-    assert first.per_example == auto.per_example[:3]
-    # resuming from the first 3 examples runs only the other 7 and gives the full result
-    rest = scorer.score(gpt2_model, resume=first)
-    assert rest.per_example == pytest.approx(auto.per_example, rel=1e-5, abs=1e-5)
-    assert rest.value == pytest.approx(auto.value, rel=1e-5, abs=1e-5)
-    assert rest.predictions == auto.predictions
-    assert scorer.score(gpt2_model, limit=5, resume=first).per_example == pytest.approx(auto.per_example[:5])
 
 
 @pytest.mark.parametrize("with_bos", [True, False])
@@ -141,7 +81,7 @@ def test_long_sequences_truncated_keep_the_target(tmp_path, char_tokenizer, capl
 
 
 def test_resume_runs_only_the_remaining_examples(tmp_path, char_tokenizer, gpt2_model):
-    spec = jsonl_task(tmp_path, _text_rows(10, seed=11), kind="loglikelihood", prompt="{q}", target="{a}")
+    spec = jsonl_task(tmp_path, text_rows(10, seed=11), kind="loglikelihood", prompt="{q}", target="{a}")
     scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
     first = scorer.score(gpt2_model, limit=4)
     seen = []
@@ -158,7 +98,7 @@ def test_resume_runs_only_the_remaining_examples(tmp_path, char_tokenizer, gpt2_
 def test_resume_from_another_scorer_or_a_longer_result_is_refused(tmp_path, char_tokenizer, gpt2_model):
     from hf_recycle.errors import TaskError
 
-    spec = jsonl_task(tmp_path, _text_rows(10, seed=12), kind="loglikelihood", prompt="{q}", target="{a}")
+    spec = jsonl_task(tmp_path, text_rows(10, seed=12), kind="loglikelihood", prompt="{q}", target="{a}")
     scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
     longer = scorer.score(gpt2_model, limit=6)
     with pytest.raises(TaskError, match="resume"):

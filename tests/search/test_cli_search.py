@@ -18,6 +18,7 @@ def _write_recipe(tmp_path, ckpts, trials, **search):
     return write_sums_recipe(tmp_path, ckpts, name="cli-search", trials=trials, **search)
 
 
+@pytest.mark.slow
 def test_cli_search_with_real_task_scorer(llama_pool, tmp_path, capsys):
     from hf_recycle.merge.engine import merge
     from hf_recycle.recipe import Recipe

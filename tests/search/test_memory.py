@@ -182,6 +182,7 @@ def _limit_between_tiers(ckpts) -> int:
     return int((needs.live_bytes + needs.stream_buffers + device_cost) / 2 / HEADROOM)
 
 
+@pytest.mark.slow  # two real searches
 def test_search_picks_disk_under_a_small_limit_and_scores_the_same(llama_pool, tmp_path, caplog):
     _, ckpts = llama_pool
     scorers = [TargetMixtureScorer("mix", ckpts, [0.6, 0.3, 0.1])]
@@ -242,6 +243,7 @@ def _memory_cgroup_dir() -> Path | None:
     return None
 
 
+@pytest.mark.slow  # searches in a child process under a real memory limit
 def test_real_cgroup_v1_limit_makes_the_search_stream(tmp_path):
     """A real memory cgroup, limited so that the stacks do not fit but the live model does."""
     parent = _memory_cgroup_dir()

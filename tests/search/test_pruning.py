@@ -13,6 +13,8 @@ from synthetic import TargetMixtureScorer, synthetic_recipe
 from hf_recycle.search.api import search
 from hf_recycle.search.space import SearchSpace
 
+pytestmark = pytest.mark.slow  # each test runs two searches with bootstrapped test scores
+
 TARGET = [0.6, 0.3, 0.1]
 FRACTION = 0.25
 

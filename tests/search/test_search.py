@@ -28,6 +28,7 @@ def _trials(storage_url, name="t"):
     return optuna.load_study(study_name=name, storage=storage_url).get_trials(deepcopy=False)
 
 
+@pytest.mark.slow
 def test_search_finds_the_known_best_mixture(llama_pool, tmp_path):
     _, ckpts = llama_pool
     scorers = [TargetMixtureScorer("mix", ckpts, TARGET)]
@@ -192,6 +193,7 @@ search(recipe, scorers=[TargetMixtureScorer("mix", ckpts, {target!r})])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["scoring", "queued", "sampled"])
 def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, tmp_path, mode):
     """A worker killed with a trial RUNNING, with or without parameters: the next run fails

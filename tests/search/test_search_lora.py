@@ -57,6 +57,7 @@ def _score(base, state_dict, recipe_path, split):
     return TaskScorer(spec, tokenizer, split, base_dir=recipe_path.parent).score(model.eval()).value
 
 
+@pytest.mark.slow
 def test_linear_search_over_adapters_uses_the_recipe_base(adapters, tmp_path, capsys):
     base, paths = adapters
     recipe = _write_recipe(tmp_path, paths, base)
@@ -94,6 +95,7 @@ def test_adapters_without_any_base_are_refused_clearly(adapters, tmp_path, capsy
     assert not (tmp_path / "out" / "checkpoints.lock.json").exists()
 
 
+@pytest.mark.slow
 def test_adapters_naming_their_base_are_scored_with_its_tokenizer(adapters, tmp_path, capsys):
     """No recipe base: each adapter is read over the base its adapter_config.json names, and the
     candidates are scored with that base's tokenizer (the adapter folders have none)."""
@@ -116,6 +118,7 @@ def test_adapters_naming_their_base_are_scored_with_its_tokenizer(adapters, tmp_
     assert read_lock_base(tmp_path / "out").local_path == str(base.resolve())
 
 
+@pytest.mark.slow
 def test_run_over_adapters_naming_their_base_records_it_everywhere(adapters, tmp_path, capsys):
     """``run`` without a recipe base: the merged model is base + the weighted deltas, and the
     top-level lock, the model folder's lock, merge_config.json and the card all name that base."""

@@ -171,6 +171,7 @@ search(recipe, scorers=[TargetMixtureScorer("mix", ckpts, [0.6, 0.3, 0.1])], pro
 """
 
 
+@pytest.mark.slow  # 2-3 worker processes, each a real search
 @pytest.mark.parametrize(
     "workers,kind", [(2, "sqlite"), (3, "sqlite"), (3, "journal")], ids=["2-sqlite", "3-sqlite", "3-journal"]
 )
