@@ -34,7 +34,7 @@ _LAZY = {
     "search": "hf_recycle.search.api",
     "run": "hf_recycle.pipeline",
     "Recipe": "hf_recycle.recipe",
-    "RecycleCallback": "hf_recycle.callbacks",
+    "RecycleCallback": "hf_recycle.integrations.trainer.callback",
 }
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -23,15 +23,20 @@ checkpoint's repo is private; a push into an existing repo never changes its vis
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_recycle.errors import HfRecycleError, RecipeError
+from hf_recycle.errors import RecipeError
+from hf_recycle.final.folders import (
+    RECIPE_FILENAME,
+    Published,
+    card_template,
+    finish_model_folder,
+    push_all,
+)
 from hf_recycle.hub.pins import PinnedCheckpoint
 from hf_recycle.portable import PortableNames
 from hf_recycle.search.outcome import Candidate, SearchResults
@@ -42,7 +47,6 @@ __all__ = ["run", "RunPlan", "RunResult", "MODEL_DIRNAME", "PARETO_DIRNAME"]
 
 MODEL_DIRNAME = "model"
 PARETO_DIRNAME = "pareto"
-RECIPE_FILENAME = "recipe.yaml"
 
 
 @dataclass(frozen=True)
@@ -350,7 +354,7 @@ def run(
         entries = [(out / MODEL_DIRNAME, results.winner, None)]
 
     names = names or PortableNames((base_dir, Path.cwd()))
-    published = _Published(
+    published = Published(
         recipe=names.recipe(parsed),
         text=names.recipe_text(text, parsed) if display != RECIPE_FILENAME else _dump(names.recipe(parsed)),
         command=_command(
@@ -367,10 +371,10 @@ def run(
     )
     licenses = _source_licenses([*pins, *([base] if base else [])], endpoint, token)
     repo_id = parsed.push.repo if parsed.push else None
-    template = _card_template(parsed, base_dir)
+    template = card_template(parsed, base_dir)
     model_dirs = []
     for folder, entry, member in entries:
-        _finish_model_folder(
+        finish_model_folder(
             folder,
             entry,
             member,
@@ -389,160 +393,5 @@ def run(
         model_dirs.append(folder)
     result = RunResult(output_dir=out, results=results, model_dirs=model_dirs)
     if push:
-        result.pushes = _push_all(parsed, entries, published, endpoint, token)
+        result.pushes = push_all(parsed, entries, published, endpoint, token)
     return result
-
-
-def _card_template(recipe: Any, base_dir: Path) -> Path | None:
-    """The recipe's ``card.template`` resolved against ``base_dir`` (None: the bundled template)."""
-    from hf_recycle.card import template_path
-
-    card = getattr(recipe, "card", None)
-    return template_path(card.template, base_dir) if card is not None else None
-
-
-@dataclass(frozen=True)
-class _Published:
-    """What a model folder says about the run, with local things named by ``names`` (it is pushed)."""
-
-    recipe: Any
-    text: str
-    command: str
-    results: SearchResults
-    pins: list[PinnedCheckpoint]
-    base: PinnedCheckpoint | None
-    names: PortableNames
-
-
-def _finish_model_folder(
-    folder: Path,
-    entry: Candidate,
-    member: int | None,
-    results: SearchResults,
-    recipe: Any,
-    pins: list[PinnedCheckpoint],
-    base: PinnedCheckpoint | None,
-    published: _Published,
-    repo_id: str | None,
-    licenses: dict[str, str | None],
-    out: Path,
-    endpoint: str | None,
-    token: str | bool | None,
-    template: Path | None = None,
-) -> None:
-    """Merge one entry into ``folder`` and write its lock file, results, recipe and model card.
-
-    Everything but the weights names local things portably (the folder is what gets pushed).
-    """
-    from hf_recycle.card import build_card, write_card
-    from hf_recycle.final_merge import merge_entry
-    from hf_recycle.hub.lock import write_lock
-    from hf_recycle.merge.output_folder import MERGE_CONFIG_FILE
-    from hf_recycle.search.report import write_results
-
-    merge_entry(
-        entry,
-        results.merge,
-        pins,
-        folder,
-        base=base,
-        dtype=recipe.merge.dtype,
-        device=recipe.merge.device,
-        max_shard_size=recipe.output.max_shard_size,
-        layers_per_group=recipe.search.layers_per_group,
-        endpoint=endpoint,
-        token=token,
-    )
-    # merge() wrote checkpoints.lock.json and merge_config.json with this machine's paths
-    write_lock(published.pins, folder, base=published.base)
-    config = folder / MERGE_CONFIG_FILE
-    if config.is_file():
-        data = published.names.merge_config(json.loads(config.read_text(encoding="utf-8")), pins, base)
-        config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    write_results(folder, published.results.to_json())
-    if (out / "plots").is_dir():
-        shutil.copytree(out / "plots", folder / "plots", dirs_exist_ok=True)
-        if any(pin.is_local for pin in pins):  # the search's plot labels them by their local paths
-            _relabel_weights_plot(folder, published)
-    (folder / RECIPE_FILENAME).write_text(published.text, encoding="utf-8")
-    name = repo_id if member is None or repo_id is None else f"{repo_id} (trial {entry.trial})"
-    card = build_card(
-        published.results,
-        published.recipe,
-        recipe_text=published.text,
-        command=published.command,
-        base=published.base,
-        member=member,
-        repo_id=name,
-        licenses=licenses,
-        template=template,
-    )
-    write_card(folder, card)
-    logger.info("wrote %s", folder)
-
-
-def _relabel_weights_plot(folder: Path, published: _Published) -> None:
-    """Redraw ``plots/weights.png`` with the checkpoints' portable names."""
-    from hf_recycle.search import plots
-
-    if "plots/weights.png" not in published.results.plots:
-        return
-    winner = published.results.winner
-    labels = [f"{i}: {pin.display}"[:40] for i, pin in enumerate(published.pins)]  # as the search labels them
-    plots.plot_weights(labels, list(winner.weights), winner.layer_weights, folder / "plots" / "weights.png")
-
-
-def _push_private(recipe: Any, published: _Published, endpoint: str | None, token: str | bool | None) -> bool:
-    """``push.private`` when set, else whether a source checkpoint's repo (or the base's) is private."""
-    from hf_recycle.hub.push import repo_visibility
-
-    if recipe.push.private is not None:
-        return recipe.push.private
-    repos = [p.repo_id for p in [*published.pins, published.base] if p is not None and p.repo_id]
-    private = []
-    for repo_id in dict.fromkeys(repos):
-        try:
-            visible = repo_visibility(repo_id, endpoint=endpoint, token=token)
-        except HfRecycleError as exc:  # unknown: keep the merge private
-            logger.warning("cannot read the visibility of source repo %s (%s): pushing private", repo_id, exc)
-            visible = "private"
-        if visible != "public":  # None: not visible with this token
-            private.append(repo_id)
-    if private:
-        logger.info(
-            "pushing private: source repo(s) %s are private (push.private: false publishes)",
-            ", ".join(private),
-        )
-    return bool(private)
-
-
-def _push_all(
-    recipe: Any,
-    entries: list[tuple[Path, dict[str, Any], int | None]],
-    published: _Published,
-    endpoint,
-    token,
-) -> list[Any]:
-    from hf_recycle.hub.push import push_folder
-
-    target = recipe.push
-    private = _push_private(recipe, published, endpoint, token)
-    pushes = []
-    for i, (folder, entry, member) in enumerate(entries):
-        branches = [target.branch] if i == 0 else []
-        if member is not None:
-            branches.append(f"pareto-trial-{entry.trial}")
-        for branch in branches:
-            pushes.append(
-                push_folder(
-                    folder,
-                    target.repo,
-                    branch=branch,
-                    create_pr=target.create_pr,
-                    private=private,
-                    message=target.message,
-                    endpoint=endpoint,
-                    token=token,
-                )
-            )
-    return pushes

@@ -320,7 +320,7 @@ def _local_checkpoint_problem(raw: str, path: Path) -> str | None:
 
 def _check_card_template(report: PreflightReport, written: str, base_dir: Path) -> None:
     """The recipe's card template exists, is valid Jinja and names only card variables."""
-    from hf_recycle.card import template_path, template_problems
+    from hf_recycle.final.card import template_path, template_problems
 
     path = template_path(written, base_dir)
     errors, warnings = template_problems(path)

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from recipe_runs import STEPS
 
-from hf_recycle.card import (
+from hf_recycle.errors import RecipeError
+from hf_recycle.final.card import (
     CITATION,
     DEFAULT_TEMPLATE,
     TEMPLATE_VARIABLES,
@@ -23,7 +24,6 @@ from hf_recycle.card import (
     template_problems,
     write_card,
 )
-from hf_recycle.errors import RecipeError
 from hf_recycle.hub.pins import PinnedCheckpoint
 from hf_recycle.recipe import Recipe
 
@@ -416,14 +416,14 @@ def test_every_variable_is_passed_and_documented(monkeypatch):
 
 
 def test_card_recipe_section_resolves_against_the_recipe_folder(tmp_path, monkeypatch):
-    from hf_recycle.pipeline import _card_template
+    from hf_recycle.final.folders import card_template
 
     folder = tmp_path / "recipes"
     folder.mkdir()
     recipe = Recipe.from_text(RECIPE + "card: {template: cards/mine.md}\n")
     assert recipe.card.template == "cards/mine.md"
-    assert _card_template(recipe, folder) == folder / "cards" / "mine.md"
-    assert _card_template(Recipe.from_text(RECIPE), folder) is None
+    assert card_template(recipe, folder) == folder / "cards" / "mine.md"
+    assert card_template(Recipe.from_text(RECIPE), folder) is None
     assert template_path(str(tmp_path / "abs.md"), folder) == tmp_path / "abs.md"
     monkeypatch.setenv("HOME", str(tmp_path))
     assert template_path("~/home.md", folder) == tmp_path / "home.md"
@@ -618,7 +618,7 @@ def test_a_built_wheel_holds_the_templates_and_finds_them(tmp_path):
     assert not any(n.startswith("model_cards/") for n in names)  # nothing at the top level
     # the unpacked wheel first on sys.path (as site-packages would be), this venv's dependencies after it
     probe = (
-        "import hf_recycle.card as c; "
+        "import hf_recycle.final.card as c; "
         "print(c.__file__); print(c.bundled_template()); print(len(c.load_template()))"
     )
     out = subprocess.run(

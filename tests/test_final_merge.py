@@ -1,4 +1,4 @@
-"""The final merge of a search's winner (:mod:`hf_recycle.final_merge`), through ``hf-recycle run``
+"""The final merge of a search's winner (:mod:`hf_recycle.final.merge`), through ``hf-recycle run``
 against the local Hub server: a ``granularity: layers:N`` winner merges every tensor group with
 its own row of weights, checked against Σ wᵢ θᵢ of the pinned checkpoints computed here."""
 

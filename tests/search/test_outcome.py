@@ -53,5 +53,5 @@ def test_bad_results_json_is_refused_with_the_reason(searched):
     del data["winner"]
     with pytest.raises(SearchError, match="results.json is incomplete or malformed .*winner"):
         SearchResults.from_json(data)
-    with pytest.raises(SearchError, match="results.json has 0 Pareto member\(s\): no member #0"):
+    with pytest.raises(SearchError, match=r"results.json has 0 Pareto member\(s\): no member #0"):
         searched[0].candidate(0)

@@ -62,7 +62,13 @@ from typing import Any
 from transformers import TrainerCallback
 
 from hf_recycle.errors import HfRecycleError, RecycleCallbackError
-from hf_recycle.trainer_pool import RecordedCheckpoint, has_tokenizer, has_weights, kind_of, link_model_files
+from hf_recycle.integrations.trainer.records import (
+    RecordedCheckpoint,
+    has_tokenizer,
+    has_weights,
+    kind_of,
+    link_model_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +195,7 @@ class RecycleCallback(TrainerCallback):
             )
         resolved_base = Path(base_dir).resolve() if base_dir is not None else default_base
         if recipe.card is not None:  # a bad card template fails now, not after training
-            from hf_recycle.card import template_path, template_problems
+            from hf_recycle.final.card import template_path, template_problems
 
             errors, _ = template_problems(template_path(recipe.card.template, resolved_base))
             if errors:

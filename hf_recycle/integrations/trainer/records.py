@@ -1,4 +1,4 @@
-"""The checkpoints a Trainer run saved, as :class:`~hf_recycle.callbacks.RecycleCallback` records them.
+"""The checkpoints a Trainer run saved, as :class:`~hf_recycle.integrations.trainer.callback.RecycleCallback` records them.
 
 A :class:`RecordedCheckpoint` says where one save can still be read from (its folder, a
 hard-linked copy, or the Hub commit its upload made); the helpers look at and copy the
