@@ -390,7 +390,7 @@ def validation_problems(exc: ValidationError, data: Any) -> list[Problem]:
         loc = _data_loc(tuple(err["loc"]), data)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the recipe schema in the README)"
+            msg = "unknown key (check the spelling; see the recipe schema in docs/recipes.md)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         if msg not in merged.setdefault(loc, []):

@@ -274,7 +274,7 @@ def load_tasks(recipe_path: str | Path) -> list[TaskSpec]:
     except RecipeError as exc:
         raise TaskError(str(exc)) from None
     if not isinstance(doc, dict) or "tasks" not in doc:
-        raise TaskError(f"{path}: no 'tasks:' section: add a list of tasks (see the README's task schema)")
+        raise TaskError(f"{path}: no 'tasks:' section: add a list of tasks (see the task schema in docs/scoring.md)")
     raw = doc["tasks"]
     if not isinstance(raw, list) or not raw:
         raise TaskError(f"{path}:{line_of(node, ('tasks',))}: 'tasks' must be a non-empty list of tasks")
