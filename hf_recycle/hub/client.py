@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hf_recycle.errors import (
     CheckpointNotFoundError,
@@ -114,8 +119,21 @@ def hub_errors(
         ) from exc
 
 
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
 class HubClient:
-    """Read calls that resolution needs, against one endpoint, with the tree of each commit cached."""
+    """Read calls that resolution needs, against one endpoint, with the tree of each commit cached.
+
+    A commit's tree never changes, so it is listed once per process: resolving, the search's
+    download and the final merge's all read the same listing (keyed by endpoint, the token's
+    fingerprint, repo and commit; at most :data:`TREE_CACHE_SIZE` commits are kept).
+    """
+
+    #: Commit trees kept for the process (oldest dropped first).
+    TREE_CACHE_SIZE = 4096
+    _trees: ClassVar[OrderedDict[tuple[str, str, str, str], list[RepoEntry]]] = OrderedDict()
+    _trees_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, endpoint: str | None = None, token: str | bool | None = None) -> None:
         from huggingface_hub import HfApi
@@ -123,7 +141,9 @@ class HubClient:
         self.endpoint = (endpoint or default_endpoint()).rstrip("/")
         self.token = token
         self.api = HfApi(endpoint=self.endpoint, token=token)
-        self._trees: dict[tuple[str, str], list[RepoEntry]] = {}
+        # who is asking, without keeping the token: another token may not see the same repos
+        who = token if not isinstance(token, str) else hashlib.sha256(token.encode()).hexdigest()
+        self._who = repr(who)
 
     def errors(self, spec: str, repo_id: str, revision: str | None):
         """Context manager translating errors for one spec."""
@@ -151,11 +171,20 @@ class HubClient:
         """Every file of the repo at ``commit`` (recursive), cached per commit."""
         from huggingface_hub.hf_api import RepoFile
 
-        key = (repo_id, commit)
-        if key not in self._trees:
-            self._trees[key] = [
-                RepoEntry(path=e.path, oid=e.blob_id, size=e.size)
-                for e in self.api.list_repo_tree(repo_id, revision=commit, recursive=True)
-                if isinstance(e, RepoFile)
-            ]
-        return self._trees[key]
+        key = (self.endpoint, self._who, repo_id, commit)
+        with self._trees_lock:
+            cached = self._trees.get(key)
+        if cached is not None:
+            return list(cached)
+        entries = [
+            RepoEntry(path=e.path, oid=e.blob_id, size=e.size)
+            for e in self.api.list_repo_tree(repo_id, revision=commit, recursive=True)
+            if isinstance(e, RepoFile)
+        ]
+        if not _SHA.fullmatch(commit):  # a branch moves: only a commit's tree is kept
+            return entries
+        with self._trees_lock:
+            self._trees[key] = entries
+            while len(self._trees) > self.TREE_CACHE_SIZE:
+                self._trees.popitem(last=False)
+        return list(entries)

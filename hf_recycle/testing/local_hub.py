@@ -86,6 +86,13 @@ class LocalHub:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    def requests(self) -> list[str]:
+        """``"METHOD /path"`` of every request the server answered so far (no query string, no header)."""
+        if self._server is None:
+            raise RuntimeError("LocalHub is not started")
+        with self._server.requests_lock:
+            return list(self._server.requests)
+
     def api(self, token: str | bool | None = None):
         """An ``HfApi`` bound to this server, with :attr:`token` unless told otherwise (``False``: none)."""
         from huggingface_hub import HfApi

@@ -78,6 +78,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         # Request lines lose their query string; no header (so no token) is ever logged.
         logger.debug("%s %s", self.address_string(), _QUERY.sub("?...", format % args))
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = self.path.split("?", 1)[0]
+        with self.server.requests_lock:  # "METHOD /path" of each answered request, for tests
+            self.server.requests.append(f"{self.command} {path}")
+        super().log_request(code, size)
+
     def _base_url(self) -> str:
         host = self.headers.get("Host") or self.server.url.removeprefix("http://")
         return f"http://{host}"
@@ -632,6 +638,8 @@ class LocalHubServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.store = store
         self.token = token
+        self.requests: list[str] = []  # "METHOD /path" (no query, no header) of each request answered
+        self.requests_lock = threading.Lock()
         super().__init__(address, HubRequestHandler)
 
     @property
