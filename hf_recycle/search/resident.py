@@ -146,17 +146,22 @@ class ResidentModel(LiveModel):
                 self._set_with_method(w, density)
                 return
             coef = self.coefficients(w)
-            write = self._weighted_sum if self._pipeline is None else self._weighted_sum_chunked
             if self._pipeline is not None:
                 self._pipeline.begin()
             for param, plan, g in zip(self._params, self._plans, self._group, strict=True):
                 if plan is not None:
-                    write(param, plan, coef[min(g, len(coef) - 1)])
+                    self._weighted_sum(param, plan, coef[min(g, len(coef) - 1)])
             if self._pipeline is not None:
                 self._pipeline.finish()
 
     def _weighted_sum(self, param: torch.Tensor, plan: TensorPlan, coef: np.ndarray) -> None:
-        """``param`` = Σ mixᵢ·stackᵢ (+ the adapters' deltas as one product of concatenated factors)."""
+        """``param`` = Σ mixᵢ·stackᵢ (+ the adapters' deltas as one product of concatenated factors).
+
+        Float32 stacks next to a float32 parameter: one matrix-vector product straight into the
+        parameter. Otherwise whole rows a block at a time (so the float32 sums stay in cache),
+        each block written into the parameter, or, in the host tier, sent through the copy
+        pipeline while the next block is computed (see :class:`~hf_recycle.search.host_tier.ChunkPipeline`).
+        """
         import torch
 
         stack = plan.stack
@@ -164,63 +169,42 @@ class ResidentModel(LiveModel):
         mix = plan.mix(coef)
         mix_t = torch.tensor(mix, dtype=torch.float32, device=self.resident_device)
         u = plan.scaled_u(coef)
-        n = param.numel()
-        direct = (
-            stack.dtype == torch.float32
+        pipeline = self._pipeline
+        if (
+            pipeline is None
+            and stack.dtype == torch.float32
             and param.dtype == torch.float32
             and param.device == stack.device
-            and param.is_contiguous()
-        )
-        if direct:  # one pass: read the rows, write the parameter (then add the deltas)
+        ):  # one pass: read the rows, write the parameter (then add the deltas)
             torch.mv(stack.view(stack.shape[0], -1).t(), mix_t, out=param.view(-1))
             if u is not None:
                 param.view(u.shape[0], -1).addmm_(u, plan.v)
             return
-        acc = self._buffer[:n]
-        if stack.dtype == torch.float32:
-            torch.mv(stack.view(stack.shape[0], -1).t(), mix_t, out=acc)
-        else:
-            acc.copy_(stack[0].reshape(-1)).mul_(float(mix[0]))
-            for i in range(1, stack.shape[0]):
-                acc.add_(stack[i].reshape(-1), alpha=float(mix[i]))
-        if u is not None:
-            acc.view(u.shape[0], -1).addmm_(u, plan.v)
-        param.view(-1).copy_(acc)
-
-    def _weighted_sum_chunked(self, param: torch.Tensor, plan: TensorPlan, coef: np.ndarray) -> None:
-        """The host tier: the weighted sum of whole rows, a chunk at a time, each sent to the device.
-
-        Chunk ``i`` is copied to the device while chunk ``i + 1`` is computed (see
-        :class:`~hf_recycle.search.host_tier.ChunkPipeline`).
-        """
-        import torch
-
-        pipeline = self._pipeline
-        stack = plan.stack
-        assert pipeline is not None and stack is not None
-        mix = plan.mix(coef)
-        mix_t = torch.tensor(mix, dtype=torch.float32, device=self.resident_device)
-        u = plan.scaled_u(coef)
         rows, cols = _rows_cols(param)
-        flat = stack.view(stack.shape[0], rows, cols)
-        dest = param.view(rows, cols)  # live parameters are contiguous (as _weighted_sum assumes)
-        step = max(1, pipeline.chunk // cols)
+        k = stack.shape[0]
+        flat = stack.view(k, rows, cols)
+        dest = param.view(rows, cols)  # live parameters are contiguous
+        if pipeline is not None:
+            block_elements = pipeline.chunk
+        elif self.resident_device.type == "cpu":
+            block_elements = CACHE_BLOCK_ELEMENTS
+        else:  # a GPU streams whole tensors at full bandwidth
+            block_elements = rows * cols
+        step = max(1, block_elements // cols)
+        to_pipeline = pipeline is not None and param.dtype == torch.float32
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             n = (r1 - r0) * cols
-            block = flat[:, r0:r1].reshape(stack.shape[0], n)
-            direct = param.dtype == torch.float32
-            acc = pipeline.buffer(torch.float32, n) if direct else self._buffer[:n]
-            if stack.dtype == torch.float32:
-                torch.mv(block.t(), mix_t, out=acc)
-            else:
-                acc.copy_(block[0]).mul_(float(mix[0]))
-                for i in range(1, stack.shape[0]):
-                    acc.add_(block[i], alpha=float(mix[i]))
+            acc = pipeline.buffer(torch.float32, n) if to_pipeline else self._buffer[:n]
+            _accumulate(acc, flat[:, r0:r1].reshape(k, n), mix, mix_t)
             if u is not None:
                 acc.view(r1 - r0, cols).addmm_(u[r0:r1], plan.v)
-            out = acc if direct else pipeline.buffer(param.dtype, n).copy_(acc)
-            pipeline.send(dest[r0:r1].view(-1), out)
+            if pipeline is None:
+                dest[r0:r1].view(-1).copy_(acc)
+            else:
+                pipeline.send(
+                    dest[r0:r1].view(-1), acc if to_pipeline else pipeline.buffer(param.dtype, n).copy_(acc)
+                )
 
     def _set_with_method(self, w: np.ndarray, density: float | None) -> None:
         """TIES/DARE need every row's dense tensor: adapters' ΔW is built per tensor, then dropped."""
@@ -256,3 +240,30 @@ def _rows_cols(param: torch.Tensor) -> tuple[int, int]:
     """``param`` as a matrix of whole rows (its first dimension), for chunking."""
     rows = int(param.shape[0]) if param.dim() else 1
     return rows, param.numel() // max(rows, 1)
+
+
+#: Elements of float32 sums kept in cache while K rows of a low-precision stack are added in.
+CACHE_BLOCK_ELEMENTS = 1 << 20
+
+
+def _accumulate(acc: torch.Tensor, block: torch.Tensor, mix: np.ndarray, mix_t: torch.Tensor) -> None:
+    """``acc`` = Σ mixᵢ·blockᵢ over the ``(K, n)`` rows of ``block``, in float32.
+
+    Float32 rows: one matrix-vector product. Other dtypes: the sum of K converted rows, a
+    cache-sized piece at a time, so the float32 partial sums are not written to and read
+    back from memory K times.
+    """
+    import torch
+
+    if block.dtype == torch.float32:
+        torch.mv(block.t(), mix_t, out=acc)
+        return
+    n = acc.numel()
+    for s in range(0, n, CACHE_BLOCK_ELEMENTS):
+        e = min(n, s + CACHE_BLOCK_ELEMENTS)
+        part = acc[s:e]
+        part.copy_(block[0, s:e])
+        if float(mix[0]) != 1.0:
+            part.mul_(float(mix[0]))
+        for i in range(1, block.shape[0]):
+            part.add_(block[i, s:e], alpha=float(mix[i]))

@@ -116,3 +116,25 @@ def test_pipeline_alternates_two_buffers_and_refuses_oversize_chunks():
     assert pipeline.nbytes == 2 * 8 * 4
     with pytest.raises(ValueError, match="9 elements does not fit the pipeline's 8"):
         pipeline.buffer(torch.float32, 9)
+
+
+def test_device_tier_sums_low_precision_stacks_block_by_block(llama_pool_bf16, tmp_path, monkeypatch):
+    """bfloat16 stacks are summed a cache-sized block at a time: many blocks give the streaming merge's result."""
+    from hf_recycle.search import resident as resident_module
+    from hf_recycle.search.streamed import StreamedModel
+
+    monkeypatch.setattr(resident_module, "CACHE_BLOCK_ELEMENTS", 48)  # every tensor spans many blocks
+    base_dir, ckpts = llama_pool_bf16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = models.build_lora_adapter(base_dir, tmp_path / "a", r=2, target_modules=["q_proj"], seed=3)
+    paths = [str(ckpts[0]), str(adapter), str(ckpts[2])]
+    blocked = ResidentModel(open_inputs(paths, base=str(base_dir)).checkpoints, device="cpu")
+    streamed = StreamedModel(open_inputs(paths, base=str(base_dir)).checkpoints, device="cpu")
+    assert blocked._pipeline is None and {p.stack.dtype for p in blocked._plans if p} == {torch.bfloat16}
+    for weights in ([0.2, 0.5, 0.3], [0.6, 0.1, 0.3]):
+        blocked.set_weights(weights)
+        streamed.set_weights(weights)
+    want, got = streamed.state_dict(), blocked.state_dict()
+    for name in blocked.stacked:
+        torch.testing.assert_close(got[name].float(), want[name].float(), atol=1e-2, rtol=1e-2, msg=name)
