@@ -23,7 +23,7 @@ import math
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,8 +203,8 @@ class StreamingMerger:
             writer.abort()
             raise
 
-    def stream(self, sink: TensorSink) -> None:
-        """Merge every tensor and hand each merged block to ``sink.write`` (from worker threads).
+    def stream(self, sink: TensorSink, keys: Collection[str] | None = None) -> None:
+        """Merge every tensor (or only ``keys``) and hand each merged block to ``sink.write`` (from worker threads).
 
         Non-float tensors (int buffers, bool masks) are copied from the first checkpoint.
         On the CPU, torch runs one intra-op thread per worker for the duration.
@@ -212,12 +212,13 @@ class StreamingMerger:
         Raises:
             NonFiniteError: A merged block holds NaN or Inf, or overflows the output dtype.
         """
-        with one_cpu_thread(self.device), _progress(self.output_bytes) as bar:
-            for entry in self.entries:
+        entries = self.entries if keys is None else [e for e in self.entries if e.key in keys]
+        with one_cpu_thread(self.device), _progress(sum(e.nbytes for e in entries)) as bar:
+            for entry in entries:
                 if not self._mergeable(entry.key):
                     self._copy_tensor(entry, sink)
                     bar.update(entry.nbytes)
-            self._merge_blocks(self._plan_blocks(), sink, bar)
+            self._merge_blocks(self._plan_blocks(entries), sink, bar)
 
     # --- blocks and workers ---------------------------------------------------------------
 
@@ -230,9 +231,9 @@ class StreamingMerger:
         rows = max(1, self.block_elements // max(row_numel, 1))
         return [slice(s, min(s + rows, shape[0])) for s in range(0, shape[0], rows)] or [slice(0, 0)]
 
-    def _plan_blocks(self) -> list[_Block]:
+    def _plan_blocks(self, entries: Sequence[TensorEntry]) -> list[_Block]:
         plan = []
-        for entry in self.entries:
+        for entry in entries:
             if self._mergeable(entry.key):
                 for rows in self._blocks(entry.shape):
                     shape = entry.shape if rows is None else (rows.stop - rows.start, *entry.shape[1:])

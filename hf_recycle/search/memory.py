@@ -234,12 +234,16 @@ def estimate_needs(
     dtype: str = "auto",
     density: float | None = None,
     device_type: str = "cpu",
+    sums_to_one: bool = True,
 ) -> MemoryNeeds:
     """Bytes the candidate model of ``sources`` needs, read from the headers only.
 
     Mirrors :class:`~hf_recycle.search.resident.ResidentModel`: the live model in ``dtype``
     (``auto``: the first tensor's stored dtype), one stack per floating tensor in the
-    common stored dtype of its rows (float32 when they differ).
+    common stored dtype of its rows (float32 when they differ); for a pool of LoRA adapters
+    the base's copy of the tensors they change, and their factors. ``sums_to_one``: the
+    candidate's coefficients sum to 1 (all but an unnormalized linear merge), so a tensor
+    no input changes is the base's and neither kept nor re-read.
     """
     import torch
 
@@ -261,9 +265,14 @@ def estimate_needs(
     max_numel = max(numels.values(), default=0)
     live = sum(n * live_dtype.itemsize for n in numels.values())
     lora = any(isinstance(s, LoraSource) for s in sources)
-    if lora:  # factors form: the base once, plus each adapter's factors
+    if lora:  # factors form: the base once (only the tensors an adapter changes), plus the factors
         shared = next(s.base for s in sources if isinstance(s, LoraSource))
-        base_once = sum(numels[k] * shared.dtype(k).itemsize for k in keys if k in set(shared.keys()))
+        adapters = [s for s in sources if isinstance(s, LoraSource)]
+        if sums_to_one and len(adapters) == len(sources):  # the other tensors stay the base's: written once
+            varying = {k for k in keys if any(a.changes(k) for a in adapters)}
+        else:  # a full checkpoint, or coefficients not summing to 1, change every tensor
+            varying = set(keys)
+        base_once = sum(numels[k] * shared.dtype(k).itemsize for k in keys if k in varying)
         stacks = base_once + sum(_adapter_bytes(s) for s in sources if isinstance(s, LoraSource))
         stacks += sum(
             numels[k] * s.dtype(k).itemsize for s in sources if not isinstance(s, LoraSource) for k in keys
@@ -379,6 +388,7 @@ def plan_memory(
     device: str = "cpu",
     resident: str = "auto",
     memory_limit: str | int = "auto",
+    sums_to_one: bool = True,
     proc_root: str | Path = "/proc",
     sys_root: str | Path = "/sys",
     gpu_free: int | None = None,
@@ -394,6 +404,7 @@ def plan_memory(
         device: Where the live model runs (``cpu``, ``cuda``, ``cuda:N``; already resolved).
         resident: ``auto`` or a tier to use whatever the numbers say.
         memory_limit: ``auto`` (MemAvailable and cgroup limits) or a size the host memory is capped at.
+        sums_to_one: The candidates' coefficients sum to 1 (see :func:`estimate_needs`).
         proc_root, sys_root: Where ``/proc`` and ``/sys`` are (tests).
         gpu_free: Free GPU bytes (default: ``torch.cuda.mem_get_info`` when ``device`` is CUDA).
 
@@ -407,7 +418,13 @@ def plan_memory(
         raise MergeConfigError(f"search.resident must be auto, device, host or disk, got '{resident}'")
     on_gpu = device.startswith("cuda")
     needs = estimate_needs(
-        sources, base, method=method, dtype=dtype, density=density, device_type="cuda" if on_gpu else "cpu"
+        sources,
+        base,
+        method=method,
+        dtype=dtype,
+        density=density,
+        device_type="cuda" if on_gpu else "cpu",
+        sums_to_one=sums_to_one,
     )
     if memory_limit == "auto":
         host, host_source = process_memory(proc_root, sys_root)
@@ -454,6 +471,9 @@ def plan_recipe_memory(
     density = merge.density
     if spec.search_density and get_method(merge.method).uses_density:
         density = min(density or 0.5, 0.5)  # trials try densities below 1: count the TIES statistics
+    from hf_recycle.search.live import default_normalize
+
+    normalize = default_normalize(merge.method, spec.weights) if merge.normalize is None else merge.normalize
     return plan_memory(
         checkpoints,
         base,
@@ -463,6 +483,7 @@ def plan_recipe_memory(
         device=device,
         resident=spec.resident,
         memory_limit=spec.memory_limit,
+        sums_to_one=not (merge.method == "linear" and not normalize),
         **roots,
     )
 

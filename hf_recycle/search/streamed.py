@@ -1,7 +1,8 @@
 """The ``disk`` tier candidate model: one live model, nothing else resident.
 
-Each trial streams every checkpoint's tensors from their files, block of rows by block
-of rows, through the merge engine (:class:`~hf_recycle.merge.streaming.StreamingMerger`:
+Each trial streams every checkpoint's tensors from their files (after the first trial only
+the tensors some input changes: a LoRA pool's untargeted tensors stay the base's), block of
+rows by block of rows, through the merge engine (:class:`~hf_recycle.merge.streaming.StreamingMerger`:
 the same readers, methods, TIES statistics, DARE masks and LoRA folding as
 ``hf-recycle merge``) and writes the merged blocks straight into the live model's
 parameters. Memory holds the live model and the engine's block buffers; the page cache
@@ -43,6 +44,8 @@ class StreamedModel(LiveModel):
         self._group_by_name = dict(zip(self.names, self._group, strict=True))
         self.sources = list(sources)
         self.bytes_read = 0
+        self._varying = self._varying_keys()
+        self._written_once = False
         logger.info(
             "streamed model: %d tensors x %d checkpoints read from disk per trial, live model on %s",
             len(self.names),
@@ -74,9 +77,20 @@ class StreamedModel(LiveModel):
             out_dtype=self.dtype,
             device=self.device,
         )
-        with torch.no_grad():
-            merger.stream(self)
+        with torch.no_grad():  # tensors no candidate changes are written by the first trial only
+            merger.stream(self, keys=self._varying if self._written_once else None)
+        self._written_once = True
         self.bytes_read += merger.input_bytes
+
+    def _varying_keys(self) -> set[str]:
+        """Tensors whose merge depends on the weights: some input changes them (a LoRA pool
+        leaves the base's other tensors as they are), or the coefficients do not sum to 1."""
+        from hf_recycle.search.lora_candidate import TensorPlan
+
+        sums_to_one = not (self.method == "linear" and not self.normalize)
+        rows = [*self.sources, *([self.base] if self.base is not None else [])]
+        reference = self.sources[0]
+        return {key for key in reference.keys() if not TensorPlan(key, rows).is_fixed(sums_to_one)}
 
     def write(self, key: str, data: torch.Tensor, row_start: int = 0) -> None:
         """The engine's sink: copy merged rows ``row_start``… of ``key`` into the live tensor."""

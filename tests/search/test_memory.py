@@ -316,8 +316,46 @@ def test_lora_stacks_are_estimated_as_base_once_plus_factors(llama_pool, tmp_pat
         base = SafetensorsSource(base_dir)
         base_bytes = sum(base.nbytes(k) for k in base.keys())
         files = sum((p / "adapter_model.safetensors").stat().st_size for p in paths)
-        assert needs.lora and needs.stack_bytes == base_bytes + files  # float32 factors: file size
+        # the base's copy of the tensors some adapter changes (the others are written once), + the factors
+        changed = sum(base.nbytes(k) for k in base.keys() if any(a.changes(k) for a in inputs.checkpoints))
+        assert 0 < changed < base_bytes
+        assert needs.lora and needs.stack_bytes == changed + files  # float32 factors: file size
         assert needs.stack_bytes < 2 * base_bytes  # not K dense copies
-        assert needs.stream_read == base_bytes + files
+        assert needs.stream_read == changed + files  # per trial: those tensors and the factors
     finally:
         inputs.close()
+
+
+def test_lora_pool_plan_counts_what_the_candidate_model_holds_and_reads(llama_pool, tmp_path):
+    """Adapters over one base: the plan counts the base's copy of the tensors they change (not the whole
+    base), which is what the resident model keeps and what the disk tier re-reads each trial."""
+    import warnings
+
+    from hf_recycle.merge.inputs import open_inputs
+    from hf_recycle.search.resident import ResidentModel
+    from hf_recycle.search.streamed import StreamedModel
+    from hf_recycle.testing.models import build_lora_adapter
+
+    base_dir, _ = llama_pool
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = [
+            str(build_lora_adapter(base_dir, tmp_path / f"a{i}", r=4, target_modules=["q_proj"], seed=i))
+            for i in range(3)
+        ]
+    inputs = open_inputs(paths, base=str(base_dir))
+    needs = estimate_needs(inputs.checkpoints, inputs.base, method="linear")
+    held = ResidentModel(inputs.checkpoints, device="cpu").resident_bytes
+    base_bytes = sum(SafetensorsSource(base_dir).nbytes(k) for k in SafetensorsSource(base_dir).keys())
+    assert held < base_bytes / 2  # only the q_proj copies and the factors
+    assert held <= needs.stack_bytes <= 1.15 * held  # file sizes (headers included): a little over
+    streamed = StreamedModel(open_inputs(paths, base=str(base_dir)).checkpoints, device="cpu")
+    streamed.set_weights([0.5, 0.3, 0.2])
+    first = streamed.bytes_read
+    streamed.set_weights([0.2, 0.3, 0.5])
+    per_trial = streamed.bytes_read - first
+    assert per_trial < first / 2  # after the first trial only the changed tensors are streamed
+    factors = sum(Path(p, "adapter_model.safetensors").stat().st_size for p in paths)
+    assert per_trial == needs.stream_read - factors  # bytes_read counts the base's blocks, not the factors
+    unnormalized = estimate_needs(inputs.checkpoints, inputs.base, method="linear", sums_to_one=False)
+    assert unnormalized.stack_bytes > base_bytes  # Σw ≠ 1 scales every tensor: all are kept
