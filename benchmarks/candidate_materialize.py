@@ -2,7 +2,7 @@
 
 Compares, on K random fine-tunes of one Llama-shaped model:
 
-- resident: :class:`hf_recycle.search.resident.ResidentModel.set_weights` (checkpoints
+- resident: :class:`hf_recycle._search.resident.ResidentModel.set_weights` (checkpoints
   resident in memory, weighted sum written into the live model in place);
 - (a) disk: the streaming merge written to disk, then ``from_pretrained`` (what
   mergekit-evolve does by default);
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hf_recycle.merge.engine import merge
-    from hf_recycle.merge.sources import SafetensorsSource
-    from hf_recycle.search.resident import ResidentModel
+    from hf_recycle._merge.engine import merge
+    from hf_recycle._merge.sources import SafetensorsSource
+    from hf_recycle._search.resident import ResidentModel
     from hf_recycle.testing.models import build_model, perturb, save_checkpoint, tiny_llama_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -2,7 +2,7 @@
 
 Builds a synthetic Llama-shaped bfloat16 base (~300 MB), 4 full checkpoints of it and 4
 LoRA adapters (r=16 on every attention and MLP projection, PEFT file layout), warms the
-page cache, then times in-process ``hf_recycle.merge.engine.merge`` calls, alternating
+page cache, then times in-process ``hf_recycle._merge.engine.merge`` calls, alternating
 (before each run the previous output is deleted and ``sync`` flushes dirty pages, outside
 the timed region; wall and process CPU seconds are recorded):
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     base, fulls, adapters, nbytes = build(args.k, args.rank, args.quick)
     _warm([base, *fulls, *adapters])

@@ -186,9 +186,9 @@ class _DiscardSink:
 
 def _merge_without_writing(paths: list[Path]) -> None:
     """What ``merge(paths, ...)`` does up to the output files: open, check, read, combine, cast, check."""
-    from hf_recycle.merge.inputs import open_inputs
-    from hf_recycle.merge.methods import get_method, resolve_params
-    from hf_recycle.merge.streaming import StreamingMerger
+    from hf_recycle._merge.inputs import open_inputs
+    from hf_recycle._merge.methods import get_method, resolve_params
+    from hf_recycle._merge.streaming import StreamingMerger
 
     method = get_method("linear")
     inputs = open_inputs([str(p) for p in paths])
@@ -213,7 +213,7 @@ def measure_engine(paths: list[Path], input_bytes: int, repeats: int) -> dict:
     """In-process engine rate, with and without writing the output (see the module docstring)."""
     import torch
 
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     out = WORK / "out-engine"
     merge([str(p) for p in paths], out, device="cpu", overwrite=True)  # warm-up: imports, first-touch
@@ -240,7 +240,7 @@ def measure_engine(paths: list[Path], input_bytes: int, repeats: int) -> dict:
             "runs_cpu_seconds": [round(c, 4) for _, c in pairs],
         }
 
-    from hf_recycle.merge.streaming import default_workers
+    from hf_recycle._merge.streaming import default_workers
 
     return {
         "definition": (

@@ -4,7 +4,7 @@ Two random-weight Llama models with the character tokenizer of
 ``hf_recycle.testing.models``: the tiny test model (~60k parameters) and a ~100M-parameter
 one (hidden 768, 12 layers). For each, a ``generate`` task (prompts of 10 to 60
 characters, 16 new tokens, greedy) and a ``loglikelihood`` task are scored by
-:class:`hf_recycle.score.scorer.TaskScorer` (built once, as the search does; the build
+:class:`hf_recycle._score.scorer.TaskScorer` (built once, as the search does; the build
 time is reported apart) and by a plain loop (``model.generate`` / one forward per
 example). Both sides produce the same continuations; the script checks it.
 
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from hf_recycle.score.scorer import TaskScorer
-    from hf_recycle.score.tasks import TaskSpec
+    from hf_recycle._score.scorer import TaskScorer
+    from hf_recycle._score.tasks import TaskSpec
     from hf_recycle.testing.models import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(model_max_length=512)

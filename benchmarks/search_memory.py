@@ -7,8 +7,8 @@ loglikelihood task (4 search rows, 4 test rows), then runs each case in a fresh 
 process and reads that process's peak resident set size (``VmHWM`` of
 ``/proc/self/status``, which includes the interpreter and torch themselves):
 
-- ``score``: ``hf_recycle.score.api.score`` of the base on the task (bfloat16, CPU);
-- ``search-K``: ``hf_recycle.search.api.search`` over K adapters, 3 trials (random
+- ``score``: ``hf_recycle._score.api.score`` of the base on the task (bfloat16, CPU);
+- ``search-K``: ``hf_recycle._search.api.search`` over K adapters, 3 trials (random
   sampler, uniform baseline), live model in bfloat16 on the CPU, stacks in host RAM;
 - ``search-K-dense``: the same with every adapter densified as base + ΔW (the path
   before issue 14, forced with ``ResidentModel(low_rank=False)``).
@@ -130,14 +130,14 @@ def child(case: str) -> None:
     start = time.perf_counter()
     extra: dict[str, object] = {}
     if case == "score":
-        from hf_recycle.score.api import score
+        from hf_recycle._score.api import score
 
         recipe = write_recipe(WORK / "runs" / "score", base, adapters[:2])
         report = score(str(base), recipe, device="cpu", dtype="bfloat16")
         extra["score"] = float(report.mean) if hasattr(report, "mean") else None
     else:
-        from hf_recycle.search import resident
-        from hf_recycle.search.api import search
+        from hf_recycle._search import resident
+        from hf_recycle._search.api import search
 
         k = int(case.split("-")[1])
         real_init = resident.ResidentModel.__init__

@@ -8,8 +8,8 @@ Two pools over one Llama-shaped bfloat16 base built with ``hf_recycle.testing.mo
 - ``lora``: 32 PEFT-layout LoRA adapters over the base (r=8 on ``q_proj`` and
   ``v_proj``, float32 factors); 50 are built for the RSS target over 50 adapters.
 
-Per pool and memory tier (``hf_recycle.search.memory``), in a fresh child process, the
-candidate model is built the way ``hf_recycle.search.api.search`` builds it
+Per pool and memory tier (``hf_recycle._search.memory``), in a fresh child process, the
+candidate model is built the way ``hf_recycle._search.api.search`` builds it
 (``plan_memory``, then ``ResidentModel`` or ``StreamedModel``) and
 ``set_weights`` of a new random weight vector (linear merge, normalized) is timed: one
 warm-up, then the median of ``--trials`` calls (scoring excluded). Tiers:
@@ -233,11 +233,11 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
     """Build the candidate model of ``pool`` in ``tier`` as ``search()`` does and time ``set_weights``."""
     import numpy as np
 
-    from hf_recycle.merge.compat import align_tied_heads
-    from hf_recycle.merge.inputs import open_inputs
-    from hf_recycle.search.memory import plan_memory
-    from hf_recycle.search.resident import ResidentModel
-    from hf_recycle.search.streamed import StreamedModel
+    from hf_recycle._merge.compat import align_tied_heads
+    from hf_recycle._merge.inputs import open_inputs
+    from hf_recycle._search.memory import plan_memory
+    from hf_recycle._search.resident import ResidentModel
+    from hf_recycle._search.streamed import StreamedModel
 
     layout = build(size)
     checkpoints, base = pool_inputs(layout, pool)
@@ -378,15 +378,15 @@ def rss_case(size: str, pool: str, k: int, tier: str, device: str) -> dict[str, 
     start = time.perf_counter()
     out: dict[str, object] = {"pool": pool, "k": k, "tier": tier, "device": device}
     if pool == "score":
-        from hf_recycle.score.api import score
+        from hf_recycle._score.api import score
 
         recipe = write_recipe(
             work_dir(size) / "runs" / "score", layout, layout["full"][:2], None, "auto", device
         )
         score(str(layout["base"]), recipe, device=device, dtype="bfloat16")
     else:
-        from hf_recycle.search import resident
-        from hf_recycle.search.api import search
+        from hf_recycle._search import resident
+        from hf_recycle._search.api import search
 
         real_init = resident.ResidentModel.__init__
         sizes: dict[str, int] = {}

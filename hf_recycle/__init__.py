@@ -23,23 +23,45 @@ __all__ = [
     "run",
     "Recipe",
     "RecycleCallback",
+    # what the functions return
+    "MergeResult",
+    "PinnedCheckpoint",
+    "ScoreReport",
+    "SearchResults",
+    "RunResult",
+    "RunPlan",
 ]
 
 # name -> module that defines it; imported on first access.
 _LAZY = {
-    "merge": "hf_recycle.merge.engine",
-    "GroupWeights": "hf_recycle.merge.methods",
+    "merge": "hf_recycle._merge.engine",
+    "GroupWeights": "hf_recycle._merge.methods",
     "resolve": "hf_recycle.hub.resolve",
-    "score": "hf_recycle.score.api",
-    "search": "hf_recycle.search.api",
+    "score": "hf_recycle._score.api",
+    "search": "hf_recycle._search.api",
     "run": "hf_recycle.pipeline",
     "Recipe": "hf_recycle.recipe",
     "RecycleCallback": "hf_recycle.integrations.trainer.callback",
+    "MergeResult": "hf_recycle._merge.output_folder",
+    "PinnedCheckpoint": "hf_recycle.hub.pins",
+    "ScoreReport": "hf_recycle._score.api",
+    "SearchResults": "hf_recycle._search.outcome",
+    "RunResult": "hf_recycle.pipeline",
+    "RunPlan": "hf_recycle.pipeline",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hf_recycle.merge.engine import merge
-    from hf_recycle.merge.methods import GroupWeights
+    from hf_recycle._merge.engine import merge
+    from hf_recycle._merge.methods import GroupWeights
+    from hf_recycle._merge.output_folder import MergeResult
+    from hf_recycle._score.api import ScoreReport, score
+    from hf_recycle._search.api import search
+    from hf_recycle._search.outcome import SearchResults
+    from hf_recycle.hub.pins import PinnedCheckpoint
+    from hf_recycle.hub.resolve import resolve
+    from hf_recycle.integrations.trainer.callback import RecycleCallback
+    from hf_recycle.pipeline import RunPlan, RunResult, run
+    from hf_recycle.recipe import Recipe
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_recycle._search.outcome import Candidate, SearchResults
 from hf_recycle.errors import RecipeError
 from hf_recycle.final.folders import (
     RECIPE_FILENAME,
@@ -39,7 +40,6 @@ from hf_recycle.final.folders import (
 )
 from hf_recycle.hub.pins import PinnedCheckpoint
 from hf_recycle.portable import PortableNames
-from hf_recycle.search.outcome import Candidate, SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _load(
     """``(recipe, exact text, base dir, display path)`` of a path or a Recipe object.
 
     The base dir is ``base_dir`` when given, else the recipe file's folder, else the
-    current folder (as in :func:`hf_recycle.search.api.prepare`). A file is checked with
+    current folder (as in :func:`hf_recycle._search.api.prepare`). A file is checked with
     :func:`hf_recycle.preflight.load_recipe`: every problem at once, before anything runs.
     """
     from hf_recycle.preflight import load_recipe
@@ -140,7 +140,7 @@ def _dump(recipe: Any) -> str:
 
 
 def _command(path: str, *, push: bool, trials: int | None, storage: str | None, endpoint: str | None) -> str:
-    from hf_recycle.search.study import redact_url
+    from hf_recycle._search.study import redact_url
 
     parts = ["hf-recycle", "run", path]
     if trials is not None:
@@ -217,9 +217,9 @@ def plan(
     output_dir: str | Path | None = None,
 ) -> RunPlan:
     """Resolve the recipe's pins and describe the run, without downloading or computing anything."""
+    from hf_recycle._search.study import default_storage_url, redact_url
     from hf_recycle.hub.resolve import resolve
     from hf_recycle.preflight import check_resolved
-    from hf_recycle.search.study import default_storage_url, redact_url
 
     recipe, _, _, _ = _load(recipe, trials=trials)
     endpoint = endpoint or recipe.endpoint
@@ -246,12 +246,12 @@ def plan(
 
 def _memory_plan_text(recipe: Any, pins: list[PinnedCheckpoint], base: PinnedCheckpoint | None) -> str:
     """The search's memory plan from the local checkpoints' headers (Hub ones are not downloaded)."""
+    from hf_recycle._merge.engine import align_tied_heads
+    from hf_recycle._merge.inputs import open_inputs
+    from hf_recycle._merge.methods import get_method
+    from hf_recycle._search.live import pick_device
+    from hf_recycle._search.memory import plan_recipe_memory
     from hf_recycle.errors import SearchMemoryError
-    from hf_recycle.merge.engine import align_tied_heads
-    from hf_recycle.merge.inputs import open_inputs
-    from hf_recycle.merge.methods import get_method
-    from hf_recycle.search.live import pick_device
-    from hf_recycle.search.memory import plan_recipe_memory
 
     uses_base = base is not None and (
         get_method(recipe.merge.method).needs_base or any(p.kind == "lora" for p in pins)
@@ -328,7 +328,7 @@ def run(
         parsed = parsed.model_copy(update={"endpoint": endpoint})
     out = Path(output_dir) if output_dir else parsed.output_dir
 
-    from hf_recycle.search.api import search
+    from hf_recycle._search.api import search
 
     results = search(
         parsed,

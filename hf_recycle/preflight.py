@@ -35,9 +35,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hf_recycle._score.tasks import TaskSpec, template_fields
 from hf_recycle.errors import RecipeError, SearchError, SpecError
 from hf_recycle.recipe import ParsedRecipe, Problem, Recipe, SearchSpec, field_name, parse_recipe
-from hf_recycle.score.tasks import TaskSpec, template_fields
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ def check_resolved(recipe: Recipe, n_checkpoints: int, *, trials: int | None = N
 
 def baseline_trials(n_checkpoints: int, baselines: Sequence[str]) -> int:
     """The most trials the baselines can take with ``n_checkpoints`` (>= 2) checkpoints."""
-    from hf_recycle.search.space import SearchSpace
-    from hf_recycle.search.study import StudyConfig
+    from hf_recycle._search.space import SearchSpace
+    from hf_recycle._search.study import StudyConfig
 
     config = StudyConfig(
         space=SearchSpace(n_checkpoints),
@@ -368,7 +368,7 @@ def _data_files(loc: tuple[Any, ...], written: Any, resolved: Any) -> Iterator[t
 
 
 def _check_data(report: PreflightReport, loc: tuple[Any, ...], task: TaskSpec, base_dir: Path) -> None:
-    from hf_recycle.score.data import dataset_kwargs
+    from hf_recycle._score.data import dataset_kwargs
 
     data = task.data
     kwargs = dataset_kwargs(task, base_dir)
@@ -524,7 +524,7 @@ def _json_columns(path: str) -> list[str] | None:
 
 
 def _check_metric(report: PreflightReport, loc: tuple[Any, ...], task: TaskSpec, base_dir: Path) -> None:
-    from hf_recycle.score.metric import BUNDLED_METRICS, metric_location
+    from hf_recycle._score.metric import BUNDLED_METRICS, metric_location
 
     name = task.metric
     if name is None or name in BUNDLED_METRICS or Path(metric_location(name, base_dir)).exists():

@@ -33,10 +33,10 @@ from pydantic import (
     model_validator,
 )
 
+from hf_recycle._merge.methods.registry import METHOD_NAMES, NEEDS_BASE
+from hf_recycle._score.tasks import TaskSpec
+from hf_recycle._search.samplers import SAMPLER_NAMES, SINGLE_OBJECTIVE_SAMPLERS
 from hf_recycle.errors import RecipeError
-from hf_recycle.merge.methods.registry import METHOD_NAMES, NEEDS_BASE
-from hf_recycle.score.tasks import TaskSpec
-from hf_recycle.search.samplers import SAMPLER_NAMES, SINGLE_OBJECTIVE_SAMPLERS
 
 # The merge methods and which mix in a base: from the method registry (importing it loads no torch)
 MergeMethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]

@@ -57,7 +57,7 @@ push: {repo: demo/tiny-lm-recycled}
 
 
 def _results(pareto: bool = False) -> dict:
-    """A results.json in the shape hf_recycle.search.results.build_results writes."""
+    """A results.json in the shape hf_recycle._search.results.build_results writes."""
 
     def scores(a, b):
         return {"addition": a, "reversal": b, "mean": (a + b) / 2}
@@ -291,7 +291,7 @@ def _paragraphs(text: str, who: str) -> dict[str, str]:
 def test_card_lists_each_baseline_comparison_of_results_json(tmp_path):
     import json
 
-    from hf_recycle.search.report import render_markdown
+    from hf_recycle._search.report import render_markdown
 
     results = _results()
     _with_comparisons(results, results)
@@ -630,6 +630,6 @@ def test_a_built_wheel_holds_the_templates_and_finds_them(tmp_path):
         check=True,
     ).stdout.splitlines()
     site = tmp_path / "site" / "hf_recycle"
-    assert out[0] == str(site / "card.py")
+    assert out[0] == str(site / "final" / "card.py")
     assert out[1] == str(site / "model_cards" / "merge.md")
     assert int(out[2]) == len((REPO / "model_cards" / "merge.md").read_text())

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from hf_recycle import cli, outputs
+from hf_recycle._merge.engine import merge
 from hf_recycle.errors import DiskFullError
-from hf_recycle.merge.engine import merge
 from hf_recycle.testing import models
 
 MIB = 1024 * 1024

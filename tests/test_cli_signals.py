@@ -32,7 +32,7 @@ from hf_recycle.outputs import OWNER_FILE
 PAUSING_CLI = r"""
 import sys, threading
 from hf_recycle import cli
-from hf_recycle.merge import writer
+from hf_recycle._merge import writer
 
 real_write = writer.ShardedSafetensorsWriter.write
 paused = []

@@ -14,8 +14,8 @@ from hf_recycle.testing import models
 
 @pytest.mark.slow
 def test_layer_groups_merge_each_group_with_its_weights(tiny_lm_hub, tmp_path):
+    from hf_recycle._search.space import group_tensors
     from hf_recycle.pipeline import run
-    from hf_recycle.search.space import group_tensors
 
     server, shas = tiny_lm_hub
     recipe = write_recipe(

@@ -88,8 +88,8 @@ def nothing_loads(served, monkeypatch, tmp_path):
     """Online against the local Hub; any download or checkpoint opening fails the test."""
     import huggingface_hub.constants as c
 
+    import hf_recycle._merge.inputs as inputs
     import hf_recycle.hub.download as download
-    import hf_recycle.merge.inputs as inputs
 
     armed = [True]  # a module imported meanwhile may keep a guard: it passes through once disarmed
 
@@ -206,8 +206,8 @@ def test_what_cannot_be_read_cheaply_is_left_to_the_scorer(tmp_path):
 
 
 def test_data_paths_resolve_against_the_recipe_folder_like_the_scorer(tmp_path, monkeypatch):
-    from hf_recycle.score.data import load_split
-    from hf_recycle.score.tasks import TaskSpec
+    from hf_recycle._score.data import load_split
+    from hf_recycle._score.tasks import TaskSpec
 
     folder = tmp_path / "recipes"
     folder.mkdir()
@@ -244,8 +244,8 @@ def test_every_sampler_is_classified_as_optuna_behaves():
     """SINGLE_OBJECTIVE_SAMPLERS is exactly the samplers that Optuna refuses in a 2-objective study."""
     import optuna
 
-    from hf_recycle.search.samplers import SAMPLERS, make_sampler
-    from hf_recycle.search.space import SearchSpace
+    from hf_recycle._search.samplers import SAMPLERS, make_sampler
+    from hf_recycle._search.space import SearchSpace
 
     assert set(SAMPLERS) == set(SamplerName.__args__)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -282,7 +282,7 @@ def test_a_metric_in_the_evaluate_cache_needs_nothing(tmp_path):
     import evaluate
     from evaluate import config
 
-    from hf_recycle.score.metric import BUNDLED_DIR
+    from hf_recycle._score.metric import BUNDLED_DIR
 
     name = "preflight_cached_metric"
     path = _recipe_file(tmp_path, metric=name)
@@ -300,7 +300,7 @@ def test_a_metric_in_the_evaluate_cache_needs_nothing(tmp_path):
 
 
 def test_a_local_metric_resolves_like_the_scorer(tmp_path):
-    from hf_recycle.score.metric import BUNDLED_DIR
+    from hf_recycle._score.metric import BUNDLED_DIR
 
     (tmp_path / "qa.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
     path = _recipe_file(tmp_path, metric="mine/mine.py")

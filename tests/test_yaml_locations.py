@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from hf_recycle._score.tasks import load_tasks
 from hf_recycle.errors import RecipeError, TaskError
 from hf_recycle.recipe import Recipe
-from hf_recycle.score.tasks import load_tasks
 
 RECIPE = """\
 name: x

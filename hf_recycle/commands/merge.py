@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_recycle._merge.methods.registry import METHOD_NAMES
 from hf_recycle.commands import options
-from hf_recycle.merge.methods.registry import METHOD_NAMES
 
 EXAMPLES = """\
 examples:
@@ -113,7 +113,7 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the merge described by ``args``."""
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
     from hf_recycle.units import parse_size
 
     parse_size(args.max_shard_size, "--max-shard-size")  # before any resolve or download

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(outcome.describe())
         return 0
-    from hf_recycle.search.report import summary_text
+    from hf_recycle._search.report import summary_text
 
     print(summary_text(outcome.results))
     for folder in outcome.model_dirs:

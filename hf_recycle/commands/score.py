@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_recycle.score.api import score
+    from hf_recycle._score.api import score
 
     report = score(
         args.model,

@@ -51,11 +51,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from hf_recycle.search.api import create_study, search
+    from hf_recycle._search.api import create_study, search
 
     where = dict(storage=args.storage, study=args.study, output_dir=args.output, endpoint=args.endpoint)
     if args.create_only:
-        from hf_recycle.search.study import redact_url
+        from hf_recycle._search.study import redact_url
 
         name = create_study(args.recipe, **where)
         again = [f"--study {name}"] + ([f"--storage {redact_url(args.storage)}"] if args.storage else [])
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results.to_json(), indent=2))
     else:
-        from hf_recycle.search.report import summary_text
+        from hf_recycle._search.report import summary_text
 
         print(summary_text(results))
     return 0

@@ -68,7 +68,7 @@ def _checkpoint_rows(
     recipe_path: Path, results: dict[str, Any], folders: dict[str, Path], plan
 ) -> list[dict]:
     """Held-out scores of every checkpoint of the pool (from its local folder, same tasks)."""
-    from hf_recycle.score.api import score
+    from hf_recycle._score.api import score
 
     notes = {s.name: s.note for s in plan}
     rows = []
@@ -304,9 +304,9 @@ def run_demo(
     """
     import shutil
 
+    from hf_recycle._score.api import score
     from hf_recycle.pipeline import run
     from hf_recycle.recipe import Recipe
-    from hf_recycle.score.api import score
     from hf_recycle.testing.local_hub import LocalHub
 
     out = Path(output_dir)

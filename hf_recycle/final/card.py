@@ -24,17 +24,17 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_recycle._search.report import format_comparison, format_score, versus_baselines
 from hf_recycle.errors import RecipeError
-from hf_recycle.search.report import format_comparison, format_score, versus_baselines
 
 if TYPE_CHECKING:  # pragma: no cover
     from importlib.resources.abc import Traversable
 
     from huggingface_hub import ModelCard
 
+    from hf_recycle._search.outcome import Candidate, SearchResults
     from hf_recycle.hub.pins import PinnedCheckpoint
     from hf_recycle.recipe import Recipe
-    from hf_recycle.search.outcome import Candidate, SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ _BASELINE_LABELS = {
 
 def _sampler_name(name: str) -> str:
     """How the card names sampler ``name`` (its registry entry's pretty name)."""
-    from hf_recycle.search.samplers import SAMPLERS
+    from hf_recycle._search.samplers import SAMPLERS
 
     adapter = SAMPLERS.get(name)
     return adapter.pretty_name if adapter is not None else "Optuna"
@@ -124,8 +124,8 @@ def library_versions() -> dict[str, str]:
 
 
 def as_results(results: SearchResults | Mapping[str, Any]) -> SearchResults:
-    """``results`` as :class:`~hf_recycle.search.outcome.SearchResults` (read from results.json content)."""
-    from hf_recycle.search.outcome import SearchResults
+    """``results`` as :class:`~hf_recycle._search.outcome.SearchResults` (read from results.json content)."""
+    from hf_recycle._search.outcome import SearchResults
 
     return results if isinstance(results, SearchResults) else SearchResults.from_json(results)
 
@@ -284,7 +284,7 @@ def build_card(
     """Render the model card of a search's winner (or of one Pareto member).
 
     Args:
-        results: :func:`hf_recycle.search.api.search`'s return, or the content of ``results.json``.
+        results: :func:`hf_recycle._search.api.search`'s return, or the content of ``results.json``.
         recipe: The recipe the search ran.
         recipe_text: The exact recipe YAML, shown in the card.
         command: The command that reproduces the model, shown in the card.
@@ -306,7 +306,7 @@ def build_card(
     """
     from huggingface_hub import ModelCard
 
-    from hf_recycle.merge.methods import get_method
+    from hf_recycle._merge.methods import get_method
 
     results = as_results(results)
     entry = results.candidate(member)

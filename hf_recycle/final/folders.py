@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_recycle._search.outcome import Candidate, SearchResults
 from hf_recycle.errors import HfRecycleError
 from hf_recycle.hub.pins import PinnedCheckpoint
 from hf_recycle.portable import PortableNames
-from hf_recycle.search.outcome import Candidate, SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ def finish_model_folder(
 
     Everything but the weights names local things portably (the folder is what gets pushed).
     """
+    from hf_recycle._merge.output_folder import MERGE_CONFIG_FILE
+    from hf_recycle._search.report import write_results
     from hf_recycle.final.card import build_card, write_card
     from hf_recycle.final.merge import merge_entry
     from hf_recycle.hub.lock import write_lock
-    from hf_recycle.merge.output_folder import MERGE_CONFIG_FILE
-    from hf_recycle.search.report import write_results
 
     merge_entry(
         entry,
@@ -110,7 +110,7 @@ def finish_model_folder(
 
 def relabel_weights_plot(folder: Path, published: Published) -> None:
     """Redraw ``plots/weights.png`` with the checkpoints' portable names."""
-    from hf_recycle.search import plots
+    from hf_recycle._search import plots
 
     if "plots/weights.png" not in published.results.plots:
         return

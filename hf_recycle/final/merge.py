@@ -1,11 +1,11 @@
 """The final merge of a search's winner (or a Pareto member) into a checkpoint folder.
 
 Both kinds of winner go through the public streaming merge,
-:func:`hf_recycle.merge.engine.merge`. A ``granularity: model`` winner has one weight per
+:func:`hf_recycle._merge.engine.merge`. A ``granularity: model`` winner has one weight per
 checkpoint. A ``granularity: layers:N`` winner has one row of weights per tensor group
 (embeddings, each block of N layers, the head), passed as a
-:class:`~hf_recycle.merge.methods.GroupWeights` whose groups come from the same function
-the search used (:func:`hf_recycle.search.space.group_tensors`), so every tensor gets
+:class:`~hf_recycle._merge.methods.GroupWeights` whose groups come from the same function
+the search used (:func:`hf_recycle._search.space.group_tensors`), so every tensor gets
 exactly the weights it had in the winning trial.
 
 A small record (``.hf-recycle-final.json``) lets a re-run skip a merge that is already on
@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_recycle._search.outcome import Candidate
 from hf_recycle.errors import MergeConfigError
 from hf_recycle.hub.pins import PinnedCheckpoint
-from hf_recycle.search.outcome import Candidate
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +32,16 @@ FINAL_RECORD = ".hf-recycle-final.json"
 
 
 def layer_group_weights(layer_weights: Mapping[str, Sequence[float]], layers_per_group: int | None) -> Any:
-    """A :class:`~hf_recycle.merge.methods.GroupWeights` for a ``layers:N`` winner's ``layer_weights``.
+    """A :class:`~hf_recycle._merge.methods.GroupWeights` for a ``layers:N`` winner's ``layer_weights``.
 
-    Tensors are grouped by :func:`hf_recycle.search.space.group_tensors` when the merge
+    Tensors are grouped by :func:`hf_recycle._search.space.group_tensors` when the merge
     knows the model's tensor names.
 
     Raises:
         MergeConfigError: (during the merge) the model's groups differ from the search's.
     """
-    from hf_recycle.merge.methods import GroupWeights
-    from hf_recycle.search.space import group_tensors
+    from hf_recycle._merge.methods import GroupWeights
+    from hf_recycle._search.space import group_tensors
 
     groups = list(layer_weights)
 
@@ -128,7 +128,7 @@ def merge_entry(
         endpoint=endpoint,
         token=token,
     )
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     if entry.layer_weights:
         layers = {g: list(row) for g, row in entry.layer_weights.items()}

@@ -1,8 +1,8 @@
 """A conformance suite for merge methods: the search's candidate == the streaming merge == a reference.
 
-Every method registered in :mod:`hf_recycle.merge.methods` is used in two places: the
+Every method registered in :mod:`hf_recycle._merge.methods` is used in two places: the
 streaming engine (``hf-recycle merge``, the final merge of a search) and the search's live
-candidate model (:class:`~hf_recycle.search.resident.ResidentModel`, which computes linear
+candidate model (:class:`~hf_recycle._search.resident.ResidentModel`, which computes linear
 methods as one weighted sum per tensor and the others through the method's ``combine``).
 :func:`check_method` merges one pool both ways, for the method's defaults and for each
 option it takes (:func:`option_sets`), and compares both with an independent reference
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_recycle.merge.methods import MergeMethod, get_method, resolve_params
+from hf_recycle._merge.methods import MergeMethod, get_method, resolve_params
 from hf_recycle.testing.merge_reference import Reference
 
 #: Weights of the three checkpoints of the pool: unequal, summing to 1.
@@ -81,9 +81,9 @@ def check_method(
     """
     import torch
 
-    from hf_recycle.merge.engine import merge
-    from hf_recycle.merge.sources import SafetensorsSource
-    from hf_recycle.search.resident import ResidentModel
+    from hf_recycle._merge.engine import merge
+    from hf_recycle._merge.sources import SafetensorsSource
+    from hf_recycle._search.resident import ResidentModel
     from hf_recycle.testing import models
 
     options = dict(options or {})

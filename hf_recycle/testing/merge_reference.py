@@ -1,8 +1,8 @@
 """Independent whole-state-dict reference merges: each method's formula in plain torch.
 
-Written from the methods' definitions (see :mod:`hf_recycle.merge.methods`), not from the
+Written from the methods' definitions (see :mod:`hf_recycle._merge.methods`), not from the
 engine's code: whole tensors, stacked, no buffers, no row blocks. The DARE masks come from
-the engine's seeded mask stream (:func:`~hf_recycle.merge.methods.dare_keep_mask`), which
+the engine's seeded mask stream (:func:`~hf_recycle._merge.methods.dare_keep_mask`), which
 is part of the method's definition (the same inputs and seed drop the same entries); what
 is done with them is computed here independently.
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hf_recycle.merge.methods import MethodParams
+    from hf_recycle._merge.methods import MethodParams
 
 State = dict[str, torch.Tensor]
 Reference = Callable[[Sequence[State], "State | None", Sequence[float], "MethodParams"], State]
@@ -47,7 +47,7 @@ def ref_topk(delta: torch.Tensor, density: float) -> torch.Tensor:
 
 def ref_dare(delta: torch.Tensor, index: int, key: str, density: float, seed: int) -> torch.Tensor:
     """Drop entries of input ``index``'s task vector with the method's seeded mask; rescale by 1/density."""
-    from hf_recycle.merge.methods import dare_keep_mask
+    from hf_recycle._merge.methods import dare_keep_mask
 
     if density >= 1:
         return delta

@@ -27,7 +27,7 @@ def test_cli_merge_hub_specs_writes_lock(local_hub, tmp_path):
 
 
 def test_merge_api_expands_globs(local_hub, tmp_path):
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     merge(["org/run@step-*"], tmp_path / "m", endpoint=local_hub.endpoint, weights=[1, 0, 0])
     pins = read_lock(tmp_path / "m")

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from hf_recycle import cli
+from hf_recycle._score.api import score
 from hf_recycle.errors import CheckpointFormatError
-from hf_recycle.score.api import score
 
 RECIPE = """\
 name: only-tasks

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_recycle.merge import streaming
+from hf_recycle._merge import streaming
 from hf_recycle.testing import models
 
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from hf_recycle.testing import models
+from hf_recycle.testing.merge_reference import ref_linear, ref_task_vectors, ref_topk  # noqa: F401 (re-exported)
 
 
 def copy_checkpoint(
@@ -40,55 +41,6 @@ def copy_checkpoint(
 
 def f32_states(paths) -> list[dict[str, torch.Tensor]]:
     return [{k: v.float() for k, v in models.load_state_dict(p).items()} for p in paths]
-
-
-def ref_linear(states, weights, normalize=True):
-    out = {}
-    for k in states[0]:
-        acc = sum(w * s[k] for w, s in zip(weights, states, strict=True))
-        out[k] = acc / sum(weights) if normalize else acc
-    return out
-
-
-def ref_topk(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the k = max(1, floor(density*n)) largest |delta| (ties: first in flat order)."""
-    if density >= 1:
-        return delta
-    flat = delta.reshape(-1)
-    k = max(1, int(density * flat.numel()))
-    order = torch.sort(flat.abs(), descending=True, stable=True).indices[:k]
-    mask = torch.zeros_like(flat)
-    mask[order] = 1
-    return (flat * mask).view_as(delta)
-
-
-def ref_task_vectors(states, base, weights, *, lam=1.0, normalize=False, consensus=False, sparsify=None):
-    """Whole-state-dict reference of task_arithmetic / ties (sparsify: callable(delta, i, key) -> delta)."""
-    out = {}
-    for k in base:
-        deltas = []
-        for i, s in enumerate(states):
-            d = s[k] - base[k]
-            if sparsify is not None:
-                d = sparsify(d, i, k)
-            deltas.append(d * weights[i])
-        d = torch.stack(deltas)
-        w = torch.tensor(weights).view(-1, *([1] * base[k].dim()))
-        if consensus:
-            elected = torch.where(d.sum(0) >= 0, 1.0, -1.0)
-            mask = (torch.sign(d) == elected).float()
-            mixed = (d * mask).sum(0)
-            div = (w * mask).sum(0)
-            div[div == 0] = 1
-        else:
-            mixed = d.sum(0)
-            div = w.sum(0)
-            if div.abs() < 1e-8:
-                div = torch.ones_like(div)
-        if normalize:
-            mixed = mixed / div
-        out[k] = base[k] + lam * mixed
-    return out
 
 
 def assert_state_close(got: dict, want: dict, atol=1e-6, rtol=1e-5):

@@ -1,4 +1,4 @@
-"""Which checkpoints merge tensor by tensor (:mod:`hf_recycle.merge.compat`), through the public merge:
+"""Which checkpoints merge tensor by tensor (:mod:`hf_recycle._merge.compat`), through the public merge:
 tied and untied heads, and the errors for different architectures, tensor names and shapes."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from merge_reference import assert_state_close, copy_checkpoint, f32_states, ref_task_vectors
 
+from hf_recycle._merge.engine import merge
 from hf_recycle.errors import IncompatibleCheckpointsError, ShapeMismatchError
-from hf_recycle.merge.engine import merge
 from hf_recycle.testing import models
 
 

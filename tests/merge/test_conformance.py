@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_recycle.merge.methods import METHODS
+from hf_recycle._merge.methods import METHODS
 from hf_recycle.testing import conformance
 from hf_recycle.testing.merge_reference import REFERENCES
 

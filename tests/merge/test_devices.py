@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_recycle._merge.engine import resolve_device
+from hf_recycle._search.live import pick_device
 from hf_recycle.errors import MergeConfigError
-from hf_recycle.merge.engine import resolve_device
-from hf_recycle.search.live import pick_device
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda1", "tpu", "cudaa:0"])

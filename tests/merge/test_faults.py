@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from hf_recycle import cli, outputs, processes
+from hf_recycle._merge.engine import merge
+from hf_recycle._merge.streaming import StreamingMerger
 from hf_recycle.errors import DiskFullError
-from hf_recycle.merge.engine import merge
-from hf_recycle.merge.streaming import StreamingMerger
 from hf_recycle.outputs import OWNER_FILE, remove_stale_leftovers
 from hf_recycle.testing import models
 

@@ -13,4 +13,4 @@ def _loaded_after(module: str) -> set[str]:
 
 
 def test_lora_output_does_not_import_the_engine():
-    assert "hf_recycle.merge.engine" not in _loaded_after("hf_recycle.merge.lora_output")
+    assert "hf_recycle._merge.engine" not in _loaded_after("hf_recycle._merge.lora_output")

@@ -15,6 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from hf_recycle._merge.adapter_config import adapter_base_spec, is_adapter_folder
+from hf_recycle._merge.lora import LoraSource, SharedBase
+from hf_recycle._merge.lora_output import delta_coefficients, parse_lora_rank, write_lora_merge
+from hf_recycle._merge.methods import get_method, resolve_params
+from hf_recycle._merge.sources import SafetensorsSource
 from hf_recycle.errors import (
     AdapterBaseError,
     CheckpointFormatError,
@@ -24,11 +29,6 @@ from hf_recycle.errors import (
     ShapeMismatchError,
     UnsupportedAdapterError,
 )
-from hf_recycle.merge.adapter_config import adapter_base_spec, is_adapter_folder
-from hf_recycle.merge.lora import LoraSource, SharedBase
-from hf_recycle.merge.lora_output import delta_coefficients, parse_lora_rank, write_lora_merge
-from hf_recycle.merge.methods import get_method, resolve_params
-from hf_recycle.merge.sources import SafetensorsSource
 from hf_recycle.testing import models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -471,7 +471,7 @@ def _reference_inputs(env, names) -> list[dict[str, torch.Tensor]]:
     ],
 )
 def test_engine_merges_adapters_with_full_checkpoints(lora_env, tmp_path, method, kwargs):
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     names, weights = ["a", "llama_full", "b"], [0.5, 0.3, 0.2]
     specs = [str(lora_env[n]) for n in names]
@@ -492,8 +492,8 @@ def test_engine_merges_adapters_with_full_checkpoints(lora_env, tmp_path, method
 def test_engine_linear_adds_the_deltas_of_adapters_over_one_base_at_once(
     lora_env, tmp_path, monkeypatch, normalize
 ):
-    from hf_recycle.merge import streaming
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge import streaming
+    from hf_recycle._merge.engine import merge
 
     monkeypatch.setattr(streaming, "CPU_BLOCK_ELEMENTS", 100)  # factors sliced by row blocks
     computed = []
@@ -519,7 +519,7 @@ def test_engine_linear_adds_the_deltas_of_adapters_over_one_base_at_once(
 
 
 def test_engine_uses_the_adapters_named_base_and_keeps_dtypes(lora_env, tmp_path):
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     bf16_base, _ = models.build_pool(tmp_path / "bf16", "llama", n=0, seed=5, dtype=torch.bfloat16)
     with warnings.catch_warnings():
@@ -555,7 +555,7 @@ def test_engine_uses_the_adapters_named_base_and_keeps_dtypes(lora_env, tmp_path
 
 
 def test_output_inside_an_input_is_refused(lora_env, tmp_path):
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     full, base = tmp_path / "full", tmp_path / "base"
     shutil.copytree(lora_env["llama_full"], full)
@@ -569,7 +569,7 @@ def test_output_inside_an_input_is_refused(lora_env, tmp_path):
 
 
 def test_engine_without_a_base_for_an_adapter(lora_env, tmp_path):
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
 
     with pytest.raises(AdapterBaseError, match=r"lora-a' needs the base model.*--base"):
         merge([str(lora_env["a"]), str(lora_env["llama_full"])], tmp_path / "out")

@@ -16,6 +16,9 @@ from merge_reference import (
 )
 from safetensors import safe_open
 
+from hf_recycle._merge import methods, streaming, writer
+from hf_recycle._merge.engine import merge
+from hf_recycle._merge.methods import GroupWeights
 from hf_recycle.errors import (
     CheckpointNotFoundError,
     MergeConfigError,
@@ -23,9 +26,6 @@ from hf_recycle.errors import (
     OutputExistsError,
     PickleRefusedError,
 )
-from hf_recycle.merge import methods, streaming, writer
-from hf_recycle.merge.engine import merge
-from hf_recycle.merge.methods import GroupWeights
 from hf_recycle.testing import models
 
 
@@ -214,8 +214,8 @@ def test_overflow_when_casting_to_float16_is_an_error(llama_pool, tmp_path):
 
 
 def test_stream_hands_every_block_to_a_sink(llama_pool, tmp_path, small_blocks):
-    from hf_recycle.merge.inputs import open_inputs
-    from hf_recycle.merge.streaming import StreamingMerger
+    from hf_recycle._merge.inputs import open_inputs
+    from hf_recycle._merge.streaming import StreamingMerger
 
     _, ckpts = llama_pool
     merge(ckpts, tmp_path / "out", weights=[0.5, 0.2, 0.3])

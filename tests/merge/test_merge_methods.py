@@ -6,9 +6,9 @@ import pytest
 import torch
 from merge_reference import ref_task_vectors, ref_topk
 
+from hf_recycle._merge import methods
+from hf_recycle._merge.methods import METHODS, MethodParams, Workspace, get_method, resolve_params
 from hf_recycle.errors import MergeConfigError
-from hf_recycle.merge import methods
-from hf_recycle.merge.methods import METHODS, MethodParams, Workspace, get_method, resolve_params
 
 
 def _inputs(seed=0, shape=(37, 11), n=3, dtype=torch.float32):

@@ -1,4 +1,4 @@
-"""The size-capped shard writer (:mod:`hf_recycle.merge.writer`), through the public merge: shard
+"""The size-capped shard writer (:mod:`hf_recycle._merge.writer`), through the public merge: shard
 names, the index and the cap, and the same bytes whatever the number of threads writing blocks."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from merge_reference import assert_state_close, f32_states, ref_task_vectors, ref_topk
 from safetensors import safe_open
 
-from hf_recycle.merge import streaming
-from hf_recycle.merge.engine import merge
+from hf_recycle._merge import streaming
+from hf_recycle._merge.engine import merge
 from hf_recycle.testing import models
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_recycle.score.generate import cut_at_stop
+from hf_recycle._score.generate import cut_at_stop
 from hf_recycle.testing import models
 
 
@@ -23,7 +23,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def jsonl_task(folder: Path, rows: list[dict], *, name: str = "t", kind: str = "generate", **fields):
     """A :class:`TaskSpec` over ``rows``, written to ``folder/<name>.jsonl`` (relative to ``folder``)."""
-    from hf_recycle.score.tasks import TaskSpec
+    from hf_recycle._score.tasks import TaskSpec
 
     write_jsonl(folder / f"{name}.jsonl", rows)
     return TaskSpec(name=name, data={"path": "json", "data_files": f"{name}.jsonl"}, kind=kind, **fields)
@@ -140,7 +140,7 @@ def choice_task(folder, rows, **fields):
 # Bad task input (test_errors.py, test_data.py): the ``data_dir`` fixture (conftest.py) holds d.jsonl.
 def addition_spec(**kw):
     """The ``addition`` task over ``d.jsonl``, with ``kw`` overriding its fields."""
-    from hf_recycle.score.tasks import TaskSpec
+    from hf_recycle._score.tasks import TaskSpec
 
     base = {
         "name": "addition",
@@ -153,8 +153,8 @@ def addition_spec(**kw):
 
 def scorer_error(spec, data_dir, tokenizer, split="search") -> str:
     """The message of the :class:`TaskError` that building ``spec``'s scorer raises."""
+    from hf_recycle._score.scorer import TaskScorer
     from hf_recycle.errors import TaskError
-    from hf_recycle.score.scorer import TaskScorer
 
     with pytest.raises(TaskError) as info:
         TaskScorer(spec, tokenizer, split=split, base_dir=data_dir)

@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from hf_recycle.score.aggregate import oriented_mean
-from hf_recycle.score.scorer import TaskResult, macro_average
-from hf_recycle.search.objective import macro_mean
+from hf_recycle._score.aggregate import oriented_mean
+from hf_recycle._score.scorer import TaskResult, macro_average
+from hf_recycle._search.objective import macro_mean
 
 
 def _result(name, value, higher):

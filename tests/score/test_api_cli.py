@@ -8,7 +8,7 @@ import pytest
 from score_reference import random_prompts, reference_generate, write_jsonl
 
 from hf_recycle import cli
-from hf_recycle.score.api import load_model, score
+from hf_recycle._score.api import load_model, score
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Batching (:mod:`hf_recycle.score.batching`), through the scorer: the batch size (fixed, one by
+"""Batching (:mod:`hf_recycle._score.batching`), through the scorer: the batch size (fixed, one by
 one or ``auto``) and the limit never change the scores of any task kind."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from score_reference import (
     tiny_model,
 )
 
-from hf_recycle.score.scorer import TaskScorer
+from hf_recycle._score.scorer import TaskScorer
 
 
 def test_generate_batch_size_and_limit_do_not_change_scores(tmp_path, char_tokenizer):

@@ -1,4 +1,4 @@
-"""Loading a task's data and rendering its examples (:mod:`hf_recycle.score.data`), through the
+"""Loading a task's data and rendering its examples (:mod:`hf_recycle._score.data`), through the
 scorer: missing fields, empty data, bad or empty splits, missing files, and ``choice`` targets
 given as an option's text or index."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from score_reference import addition_spec, choice_rows, choice_task, scorer_error
 
-from hf_recycle.score.scorer import TaskScorer
+from hf_recycle._score.scorer import TaskScorer
 
 
 def test_template_field_missing(data_dir, char_tokenizer):

@@ -8,16 +8,16 @@ import sys
 import pytest
 from score_reference import jsonl_task, reference_logprob, text_rows
 
+from hf_recycle._score.engines import ENGINES, ScoringEngine, as_engine, get_engine
+from hf_recycle._score.engines.transformers import TransformersEngine
 from hf_recycle.errors import TaskError
-from hf_recycle.score.engines import ENGINES, ScoringEngine, as_engine, get_engine
-from hf_recycle.score.engines.transformers import TransformersEngine
 
 
 def test_registry_finds_the_transformers_engine_without_torch():
     assert ENGINES["transformers"] is TransformersEngine
     with pytest.raises(TaskError, match="unknown scoring engine 'vllm2': use one of transformers"):
         get_engine("vllm2")
-    code = "import sys, hf_recycle.score.engines; print('torch' in sys.modules)"
+    code = "import sys, hf_recycle._score.engines; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from score_reference import addition_spec, scorer_error
 
+from hf_recycle._score.scorer import TaskResult, TaskScorer, build_scorers, macro_average
 from hf_recycle.errors import TaskError
-from hf_recycle.score.scorer import TaskResult, TaskScorer, build_scorers, macro_average
 
 
 def test_unknown_metric(data_dir, char_tokenizer):

@@ -16,8 +16,8 @@ from score_reference import (
     write_jsonl,
 )
 
-from hf_recycle.score.scorer import TaskScorer
-from hf_recycle.score.tasks import TaskSpec
+from hf_recycle._score.scorer import TaskScorer
+from hf_recycle._score.tasks import TaskSpec
 from hf_recycle.testing import models
 
 
@@ -83,7 +83,7 @@ def test_long_prompts_truncated_from_the_left(tmp_path, char_tokenizer, caplog):
         target="{a}",
         max_new_tokens=8,
     )
-    with caplog.at_level("WARNING", logger="hf_recycle.score"):
+    with caplog.at_level("WARNING", logger="hf_recycle._score"):
         result = TaskScorer(spec, char_tokenizer).score(model)
     assert "truncated from the left" in caplog.text and "'long'" in caplog.text
     room = 48 - 8

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import typing
 
-from hf_recycle.score.kinds import KIND_NAMES, KINDS
-from hf_recycle.score.tasks import TaskKind
+from hf_recycle._score.kinds import KIND_NAMES, KINDS
+from hf_recycle._score.tasks import TaskKind
 
 
 def test_registry_lists_the_kinds_and_drives_the_schema():
@@ -24,6 +24,6 @@ def test_registry_lists_the_kinds_and_drives_the_schema():
 
 
 def test_the_registry_loads_no_torch():
-    code = "import sys, hf_recycle.score.tasks; print('torch' in sys.modules)"
+    code = "import sys, hf_recycle._score.tasks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from score_reference import choice_rows, choice_task, jsonl_task, reference_logprob, text_rows
 
-from hf_recycle.score.scorer import TaskScorer
+from hf_recycle._score.scorer import TaskScorer
 from hf_recycle.testing import models
 
 
@@ -72,7 +72,7 @@ def test_long_sequences_truncated_keep_the_target(tmp_path, char_tokenizer, capl
     model = models.build_model(models.tiny_llama_config(max_position_embeddings=32), seed=6)
     rows = [{"q": "a" * 10 + "b" * 40, "a": "xyz"}, {"q": "short", "a": "01"}]
     spec = jsonl_task(tmp_path, rows, kind="loglikelihood", prompt="{q}", target="{a}")
-    with caplog.at_level("WARNING", logger="hf_recycle.score"):
+    with caplog.at_level("WARNING", logger="hf_recycle._score"):
         result = TaskScorer(spec, char_tokenizer, base_dir=tmp_path).score(model)
     assert "1 of 2 sequences" in caplog.text
     kept = (rows[0]["q"] + "xyz")[-32:]

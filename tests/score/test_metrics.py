@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from hf_recycle._score.metric import BUNDLED_METRICS, TaskMetric, load_evaluate_module, metric_location
 from hf_recycle.errors import TaskError
-from hf_recycle.score.metric import BUNDLED_METRICS, TaskMetric, load_evaluate_module, metric_location
 
 
 def test_bundled_metrics_load_offline_and_fast(monkeypatch):
@@ -28,7 +28,7 @@ def test_bundled_metrics_load_offline_and_fast(monkeypatch):
 
 
 def test_bundled_scripts_share_one_base_and_evaluate_picks_their_own_class():
-    from hf_recycle.score.bundled_metric import PerExampleMetric
+    from hf_recycle._score.bundled_metric import PerExampleMetric
 
     for name, cls in [("exact_match", "ExactMatch"), ("accuracy", "Accuracy"), ("f1", "TokenF1")]:
         module = load_evaluate_module(name, task="t")

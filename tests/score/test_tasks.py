@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from hf_recycle._score.tasks import TaskList, TaskSpec, load_tasks, template_fields
 from hf_recycle.errors import TaskError
-from hf_recycle.score.tasks import TaskList, TaskSpec, load_tasks, template_fields
 
 DESIGN_TASK = {
     "name": "addition",

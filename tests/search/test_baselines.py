@@ -1,6 +1,6 @@
 import numpy as np
 
-from hf_recycle.search.baselines import greedy_soup_step, single_weights, soup_weights, uniform_weights
+from hf_recycle._search.baselines import greedy_soup_step, single_weights, soup_weights, uniform_weights
 
 
 def test_baseline_weights():

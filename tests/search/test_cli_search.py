@@ -20,9 +20,9 @@ def _write_recipe(tmp_path, ckpts, trials, **search):
 
 @pytest.mark.slow
 def test_cli_search_with_real_task_scorer(llama_pool, tmp_path, capsys):
-    from hf_recycle.merge.engine import merge
+    from hf_recycle._merge.engine import merge
+    from hf_recycle._score.scorer import TaskScorer
     from hf_recycle.recipe import Recipe
-    from hf_recycle.score.scorer import TaskScorer
     from hf_recycle.testing.models import build_char_tokenizer
 
     _, ckpts = llama_pool
@@ -82,7 +82,7 @@ def test_workers_share_one_postgres_study(llama_pool, tmp_path, n_workers):
         "--study",
         study,
     ]
-    from hf_recycle.search.api import create_study
+    from hf_recycle._search.api import create_study
 
     assert create_study(recipe_path, storage=url, study=study) == study  # once, before the workers
     workers = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from synthetic import TargetMixtureScorer, synthetic_recipe
 
-from hf_recycle.score.engines.transformers import TransformersEngine
-from hf_recycle.search.api import search
+from hf_recycle._score.engines.transformers import TransformersEngine
+from hf_recycle._search.api import search
 
 pytestmark = pytest.mark.slow  # a real search with bootstrapped test scores
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from hf_recycle.merge.inputs import open_inputs
-from hf_recycle.merge.sources import SafetensorsSource
-from hf_recycle.search.host_tier import ChunkPipeline
-from hf_recycle.search.resident import ResidentModel
+from hf_recycle._merge.inputs import open_inputs
+from hf_recycle._merge.sources import SafetensorsSource
+from hf_recycle._search.host_tier import ChunkPipeline
+from hf_recycle._search.resident import ResidentModel
 from hf_recycle.testing import models
 
 CHUNK = 40  # elements: smaller than most rows, so chunks are single rows or a few
@@ -120,8 +120,8 @@ def test_pipeline_alternates_two_buffers_and_refuses_oversize_chunks():
 
 def test_device_tier_sums_low_precision_stacks_block_by_block(llama_pool_bf16, tmp_path, monkeypatch):
     """bfloat16 stacks are summed a cache-sized block at a time: many blocks give the streaming merge's result."""
-    from hf_recycle.search import resident as resident_module
-    from hf_recycle.search.streamed import StreamedModel
+    from hf_recycle._search import resident as resident_module
+    from hf_recycle._search.streamed import StreamedModel
 
     monkeypatch.setattr(resident_module, "CACHE_BLOCK_ELEMENTS", 48)  # every tensor spans many blocks
     base_dir, ckpts = llama_pool_bf16

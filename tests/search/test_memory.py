@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from synthetic import TargetMixtureScorer, synthetic_recipe
 
+from hf_recycle._merge.sources import SafetensorsSource
+from hf_recycle._search.api import search
+from hf_recycle._search.memory import HEADROOM, estimate_needs, plan_memory, process_memory
 from hf_recycle.errors import SearchMemoryError
-from hf_recycle.merge.sources import SafetensorsSource
-from hf_recycle.search.api import search
-from hf_recycle.search.memory import HEADROOM, estimate_needs, plan_memory, process_memory
 
 GB = 10**9
 
@@ -190,7 +190,7 @@ def test_search_picks_disk_under_a_small_limit_and_scores_the_same(llama_pool, t
     results = {}
     for name, spec in {"device": {}, "disk": {"memory_limit": limit}}.items():
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="hf_recycle.search"):
+        with caplog.at_level(logging.INFO, logger="hf_recycle._search"):
             recipe = synthetic_recipe(ckpts, tmp_path / name, trials=8, sampler="random", **spec)
             results[name] = search(recipe, scorers=scorers, test_scorers=scorers, n_boot=50)
         assert f"memory plan: tier {name}" in caplog.text
@@ -212,12 +212,12 @@ sys.path.insert(0, {tests!r})
 # code is loaded before joining the group: only the search's data is charged to it
 import optuna, torch, transformers  # noqa: F401
 import transformers.models.llama.modeling_llama  # noqa: F401
-import hf_recycle.merge.streaming, hf_recycle.search.streamed, hf_recycle.search.results  # noqa: F401
+import hf_recycle._merge.streaming, hf_recycle._search.streamed, hf_recycle._search.results  # noqa: F401
 from synthetic import TargetMixtureScorer, synthetic_recipe
-from hf_recycle.search.api import search
+from hf_recycle._search.api import search
 from hf_recycle.testing.models import build_model, tiny_llama_config
 build_model(tiny_llama_config())  # transformers' lazy set-up of a model
-from hf_recycle.search.resident import ResidentModel
+from hf_recycle._search.resident import ResidentModel
 ckpts = {ckpts!r}
 scorers = [TargetMixtureScorer("mix", ckpts, [0.6, 0.3, 0.1])]  # its copies: before joining the group
 built = []
@@ -305,7 +305,7 @@ def test_run_dry_run_prints_the_memory_plan(llama_pool, tmp_path):
 
 
 def test_lora_stacks_are_estimated_as_base_once_plus_factors(llama_pool, tmp_path):
-    from hf_recycle.merge.inputs import open_inputs
+    from hf_recycle._merge.inputs import open_inputs
     from hf_recycle.testing.models import build_lora_adapter
 
     base_dir, _ = llama_pool
@@ -331,9 +331,9 @@ def test_lora_pool_plan_counts_what_the_candidate_model_holds_and_reads(llama_po
     base), which is what the resident model keeps and what the disk tier re-reads each trial."""
     import warnings
 
-    from hf_recycle.merge.inputs import open_inputs
-    from hf_recycle.search.resident import ResidentModel
-    from hf_recycle.search.streamed import StreamedModel
+    from hf_recycle._merge.inputs import open_inputs
+    from hf_recycle._search.resident import ResidentModel
+    from hf_recycle._search.streamed import StreamedModel
     from hf_recycle.testing.models import build_lora_adapter
 
     base_dir, _ = llama_pool

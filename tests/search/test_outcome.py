@@ -8,9 +8,9 @@ import json
 import pytest
 from synthetic import TargetMixtureScorer, synthetic_recipe
 
+from hf_recycle._search.api import search
+from hf_recycle._search.outcome import Candidate, SearchResults
 from hf_recycle.errors import SearchError
-from hf_recycle.search.api import search
-from hf_recycle.search.outcome import Candidate, SearchResults
 
 
 @pytest.fixture(scope="module")

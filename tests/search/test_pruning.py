@@ -10,8 +10,8 @@ import pytest
 import torch
 from synthetic import TargetMixtureScorer, synthetic_recipe
 
-from hf_recycle.search.api import search
-from hf_recycle.search.space import SearchSpace
+from hf_recycle._search.api import search
+from hf_recycle._search.space import SearchSpace
 
 pytestmark = pytest.mark.slow  # each test runs two searches with bootstrapped test scores
 

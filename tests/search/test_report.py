@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hf_recycle.search.report import paired_bootstrap
+from hf_recycle._search.report import paired_bootstrap
 
 
 def test_constant_difference_has_a_degenerate_interval():
@@ -73,7 +73,7 @@ def _results(with_every: bool):
 
 
 def test_summary_and_markdown_list_every_baseline():
-    from hf_recycle.search.report import render_markdown, summary_text
+    from hf_recycle._search.report import render_markdown, summary_text
 
     results = _results(with_every=True)
     lines = summary_text(results).splitlines()
@@ -88,7 +88,7 @@ def test_summary_and_markdown_list_every_baseline():
 
 
 def test_results_without_per_baseline_comparisons_still_report_the_chosen_one():
-    from hf_recycle.search.report import summary_text, versus_baselines
+    from hf_recycle._search.report import summary_text, versus_baselines
 
     results = _results(with_every=False)
     assert [(name, chosen) for name, _, chosen in versus_baselines(results)] == [("greedy_soup", True)]

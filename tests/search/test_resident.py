@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from hf_recycle._merge.engine import merge
+from hf_recycle._merge.sources import SafetensorsSource
+from hf_recycle._search.resident import ResidentModel
+from hf_recycle._search.space import group_tensors
 from hf_recycle.errors import IncompatibleCheckpointsError
-from hf_recycle.merge.engine import merge
-from hf_recycle.merge.sources import SafetensorsSource
-from hf_recycle.search.resident import ResidentModel
-from hf_recycle.search.space import group_tensors
 from hf_recycle.testing import models
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from hf_recycle.merge.engine import merge
-from hf_recycle.merge.inputs import open_inputs
-from hf_recycle.merge.lora import LoraSource
-from hf_recycle.search.resident import ResidentModel
-from hf_recycle.search.space import group_tensors
+from hf_recycle._merge.engine import merge
+from hf_recycle._merge.inputs import open_inputs
+from hf_recycle._merge.lora import LoraSource
+from hf_recycle._search.resident import ResidentModel
+from hf_recycle._search.space import group_tensors
 from hf_recycle.testing import models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from hf_recycle._search.samplers import SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, make_sampler
+from hf_recycle._search.space import SearchSpace
 from hf_recycle.errors import SearchError
-from hf_recycle.search.samplers import SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, make_sampler
-from hf_recycle.search.space import SearchSpace
 
 EXPECTED = {
     "cmaes": "CmaEsSampler",
@@ -45,6 +45,6 @@ def test_pareto_refuses_single_objective_samplers_and_unknown_names():
 
 
 def test_the_registry_and_recipe_schema_load_no_optuna():
-    code = "import sys, hf_recycle.recipe, hf_recycle.search.samplers; print('optuna' in sys.modules)"
+    code = "import sys, hf_recycle.recipe, hf_recycle._search.samplers; print('optuna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from synthetic import TargetMixtureScorer, synthetic_recipe
 
+from hf_recycle._search.api import search
+from hf_recycle._search.report import paired_bootstrap
 from hf_recycle.errors import IncompatibleCheckpointsError, MissingDependencyError, SearchError
-from hf_recycle.search.api import search
-from hf_recycle.search.report import paired_bootstrap
 from hf_recycle.testing.models import load_state_dict
 
 HERE = Path(__file__).parent
@@ -166,7 +166,7 @@ sys.path.insert(0, {here!r})
 import optuna
 from synthetic import TargetMixtureScorer
 from hf_recycle.recipe import Recipe
-from hf_recycle.search.api import search
+from hf_recycle._search.api import search
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -198,7 +198,7 @@ search(recipe, scorers=[TargetMixtureScorer("mix", ckpts, {target!r})])
 def test_sigkill_mid_trial_then_resume_loses_and_duplicates_nothing(llama_pool, tmp_path, mode):
     """A worker killed with a trial RUNNING, with or without parameters: the next run fails
     that trial, runs it again when it has parameters to run, and ends with exactly the budget."""
-    from hf_recycle.search.worker import WORKER_ATTR
+    from hf_recycle._search.worker import WORKER_ATTR
 
     _, ckpts = llama_pool
     n = 12

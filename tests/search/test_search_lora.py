@@ -47,8 +47,8 @@ def _score(base, state_dict, recipe_path, split):
     """Score the model of ``state_dict`` (the base's architecture) on the recipe's task."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hf_recycle._score.scorer import TaskScorer
     from hf_recycle.recipe import Recipe
-    from hf_recycle.score.scorer import TaskScorer
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.load_state_dict(state_dict)

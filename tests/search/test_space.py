@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from hf_recycle._search.space import SearchSpace, group_tensors
 from hf_recycle.errors import SearchError
-from hf_recycle.search.space import SearchSpace, group_tensors
 
 
 def test_simplex_corners_and_interior_are_reachable():

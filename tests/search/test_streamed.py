@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_recycle.merge.sources import SafetensorsSource
-from hf_recycle.search.resident import ResidentModel
-from hf_recycle.search.streamed import StreamedModel
+from hf_recycle._merge.sources import SafetensorsSource
+from hf_recycle._search.resident import ResidentModel
+from hf_recycle._search.streamed import StreamedModel
 
 CASES = [
     ("linear", {}, None),
@@ -75,7 +75,7 @@ def test_streamed_bf16_and_tied_gpt2(llama_pool_bf16, gpt2_pool):
 
 @pytest.mark.parametrize("method", ["linear", "ties"])
 def test_streamed_lora_equals_resident(llama_pool, tmp_path, method):
-    from hf_recycle.merge.inputs import open_inputs
+    from hf_recycle._merge.inputs import open_inputs
     from hf_recycle.testing.models import build_lora_adapter
 
     base_dir, _ = llama_pool

@@ -8,17 +8,17 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from hf_recycle.search.baselines import single_weights, uniform_weights
-from hf_recycle.search.objective import TrialObjective
-from hf_recycle.search.space import SearchSpace
-from hf_recycle.search.study import (
+from hf_recycle._search.baselines import single_weights, uniform_weights
+from hf_recycle._search.objective import TrialObjective
+from hf_recycle._search.space import SearchSpace
+from hf_recycle._search.study import (
     DUPLICATE_ATTR,
     StudyConfig,
     create_or_load_study,
     enqueue_initial_baselines,
     finished_count,
 )
-from hf_recycle.search.worker import run_worker
+from hf_recycle._search.worker import run_worker
 
 TARGET = np.array([0.6, 0.3, 0.1])
 

@@ -36,9 +36,9 @@ import logging, sys, time
 import optuna
 from hf_recycle.cli import Terminated, _format_error, _sigterm_raises
 from hf_recycle.errors import HfRecycleError
-from hf_recycle.search.space import SearchSpace
-from hf_recycle.search.study import StudyConfig, create_or_load_study, open_storage
-from hf_recycle.search.worker import StudyLock, run_worker
+from hf_recycle._search.space import SearchSpace
+from hf_recycle._search.study import StudyConfig, create_or_load_study, open_storage
+from hf_recycle._search.worker import StudyLock, run_worker
 
 url, name, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
 space = SearchSpace(3)
@@ -213,9 +213,9 @@ def test_sigterm_stops_a_trial_whose_server_stopped_answering(server, tmp_path):
 
 def _hold_the_last_slot(url: str) -> None:
     """A running trial of a live process of this host (this test) takes the only slot."""
-    from hf_recycle.search.space import SearchSpace
-    from hf_recycle.search.study import StudyConfig, create_or_load_study, open_storage
-    from hf_recycle.search.worker import WORKER_ATTR, worker_identity
+    from hf_recycle._search.space import SearchSpace
+    from hf_recycle._search.study import StudyConfig, create_or_load_study, open_storage
+    from hf_recycle._search.worker import WORKER_ATTR, worker_identity
 
     config = StudyConfig(
         space=SearchSpace(3), checkpoints=["a", "b", "c"], tasks=["t"], directions=[True], baselines=()

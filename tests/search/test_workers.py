@@ -15,18 +15,18 @@ from optuna.trial import TrialState
 from synthetic import TargetMixtureScorer  # noqa: F401 (the worker script imports it)
 from test_study import _Closeness, _Weights
 
-from hf_recycle.processes import _proc_stat, this_process
-from hf_recycle.search.baselines import uniform_weights
-from hf_recycle.search.objective import TrialObjective
-from hf_recycle.search.space import SearchSpace
-from hf_recycle.search.study import StudyConfig, create_or_load_study, finished_count
-from hf_recycle.search.worker import (
+from hf_recycle._search.baselines import uniform_weights
+from hf_recycle._search.objective import TrialObjective
+from hf_recycle._search.space import SearchSpace
+from hf_recycle._search.study import StudyConfig, create_or_load_study, finished_count
+from hf_recycle._search.worker import (
     WORKER_ATTR,
     FileStudyLock,
     StudyLock,
     reap_dead_local_trials,
     run_worker,
 )
+from hf_recycle.processes import _proc_stat, this_process
 
 HERE = Path(__file__).parent
 
@@ -163,7 +163,7 @@ import sys
 sys.path.insert(0, {here!r})
 from synthetic import TargetMixtureScorer
 from hf_recycle.recipe import Recipe
-from hf_recycle.search.api import search
+from hf_recycle._search.api import search
 ckpts = {ckpts!r}
 recipe = Recipe.model_validate({{"name": "t", "checkpoints": ckpts,
     "search": {{"trials": {trials}, "sampler": "random", "storage": {storage!r}}}, "output": {{"dir": sys.argv[1]}}}})
@@ -206,7 +206,7 @@ def test_workers_on_one_study_finish_exactly_the_budget(llama_pool, tmp_path, wo
 
 
 def _storage(url):
-    from hf_recycle.search.study import open_storage
+    from hf_recycle._search.study import open_storage
 
     return open_storage(url, None)
 

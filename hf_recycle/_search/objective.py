@@ -1,0 +1,137 @@
+"""The trial objective: write a candidate into the resident model, score it, return the value(s).
+
+Scorers follow the :class:`hf_recycle._score.scorer.TaskScorer` interface: ``name``,
+``weight``, ``higher_is_better``, ``num_examples`` and ``score(model, limit=None, resume=None)``
+returning a result with ``value`` and ``per_example``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from hf_recycle._score.engines import ScoringEngine, as_engine
+from hf_recycle._search.space import SearchSpace
+from hf_recycle._search.study import DUPLICATE_ATTR, earlier_twin
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+
+class Scorer(Protocol):
+    """What the search needs of a task scorer (see :class:`hf_recycle._score.scorer.TaskScorer`)."""
+
+    name: str
+    weight: float
+    higher_is_better: bool
+    num_examples: int
+
+    def score(self, model: Any, limit: int | None = None, *, resume: Any = None) -> Any:
+        """Score the live model on the first ``limit`` examples (all when ``None``), reusing
+        the outputs of ``resume``, an earlier shorter result for the same weights."""
+
+
+class CandidateModel(Protocol):
+    """What the search needs of the resident model (see :class:`~hf_recycle._search.resident.ResidentModel`)."""
+
+    model: Any
+
+    def set_weights(self, weights: np.ndarray, density: float | None = None) -> None:
+        """Write the merge of ``weights`` into ``model``."""
+
+
+def macro_mean(values: dict[str, float], scorers: Sequence[Scorer]) -> float:
+    """Task-weighted mean of ``values``, lower-is-better tasks negated: the objective to maximize."""
+    from hf_recycle._score.aggregate import oriented_mean
+
+    return oriented_mean((values[s.name], s.weight, s.higher_is_better) for s in scorers)
+
+
+def score_all(
+    candidate_model: CandidateModel,
+    scorers: ScoringEngine | Sequence[Scorer],
+    limit_fraction: float | None = None,
+    resume: dict | None = None,
+) -> dict:
+    """Score the live model on every task, with the scoring engine (or per-task scorers run in turn).
+
+    Args:
+        candidate_model: Holds the live model.
+        scorers: A :class:`~hf_recycle._score.engines.ScoringEngine`, or one scorer per task.
+        limit_fraction: Score only this share of each split.
+        resume: Results of an earlier ``limit_fraction`` call for the same weights: only
+            the examples after those are scored.
+    """
+    return as_engine(scorers).score(candidate_model.model, limit_fraction=limit_fraction, resume=resume)
+
+
+def write_candidate(
+    candidate_model: CandidateModel,
+    scorers: ScoringEngine | Sequence[Scorer],
+    weights: np.ndarray,
+    density: float | None = None,
+) -> None:
+    """Write the merge of ``weights`` into the live model and tell the scoring engine."""
+    candidate_model.set_weights(weights, density)
+    as_engine(scorers).weights_changed(candidate_model.model)
+
+
+class TrialObjective:
+    """The callable handed to ``study.optimize``.
+
+    Args:
+        space: The search space.
+        candidate_model: The resident model candidates are written into.
+        scorers: The scoring engine, or one scorer per task (search split).
+        objective: ``mean`` (one value: :func:`macro_mean`) or ``pareto`` (one value per task).
+        pruning_fraction: When set, score this share of each split first, report it and
+            let the study's pruner stop the trial (baselines are never pruned).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        candidate_model: CandidateModel,
+        scorers: ScoringEngine | Sequence[Scorer],
+        objective: str = "mean",
+        pruning_fraction: float | None = None,
+    ) -> None:
+        self.space = space
+        self.candidate_model = candidate_model
+        self.engine = as_engine(scorers)
+        self.scorers = list(self.engine.tasks)
+        self.objective = objective
+        self.pruning_fraction = pruning_fraction
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        import optuna
+
+        twin = earlier_twin(trial, self.space.n_checkpoints)
+        if twin is not None:  # another worker enqueued this baseline too
+            trial.set_user_attr(DUPLICATE_ATTR, twin)
+            raise optuna.TrialPruned(f"trial {twin} runs the same baseline")
+        candidate = self.space.suggest(trial)
+        write_candidate(self.candidate_model, self.engine, candidate.weights, candidate.density)
+        trial.set_user_attr("weights", candidate.weights.tolist())
+        for name, value in self.space.weight_attrs(candidate.weights).items():
+            trial.set_user_attr(name, value)
+        if candidate.density is not None:
+            trial.set_user_attr("density", candidate.density)
+        partial = None
+        if self.pruning_fraction is not None and self.objective == "mean":
+            partial = score_all(self.candidate_model, self.engine, self.pruning_fraction)
+            value = macro_mean({n: r.value for n, r in partial.items()}, self.scorers)
+            trial.report(value, step=0)
+            if "baseline" not in trial.user_attrs and trial.should_prune():
+                trial.set_user_attr("partial_mean", value)
+                raise optuna.TrialPruned(f"partial score {value:.4g} is below the pruner's threshold")
+        results = score_all(self.candidate_model, self.engine, resume=partial)  # the rest of each split
+        values = {n: float(r.value) for n, r in results.items()}
+        mean = macro_mean(values, self.scorers)
+        trial.set_user_attr("scores", values)
+        trial.set_user_attr("mean", mean)
+        if self.objective == "pareto":
+            return [values[s.name] for s in self.scorers]
+        return mean

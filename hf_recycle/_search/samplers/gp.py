@@ -1,0 +1,17 @@
+"""``gp``: Gaussian-process Bayesian optimization."""
+
+from __future__ import annotations
+
+from hf_recycle._search.samplers import SamplerAdapter
+
+
+class Gp(SamplerAdapter):
+    name = "gp"
+    pretty_name = "Gaussian-process Bayesian optimization"
+    requires = ("scipy", "torch")
+    order = 2
+
+    def build(self, space, *, seed, n_objectives, trials):
+        import optuna
+
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)

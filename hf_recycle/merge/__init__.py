@@ -1,1 +1,0 @@
-"""Merging: lazy tensor sources, merge methods, and the streaming engine."""
