@@ -182,6 +182,7 @@ class MemoryNeeds:
         stream_read: Bytes the disk tier reads from the checkpoint files per trial.
         lora: Whether the inputs are LoRA adapters (stacks estimated as base once + factors).
         pipeline_bytes: The host tier's pinned chunk buffers (two per dtype sent to the GPU).
+        live_itemsize: Bytes per element of the live model's dtype.
     """
 
     rows: int
@@ -192,6 +193,7 @@ class MemoryNeeds:
     stream_read: int
     lora: bool
     pipeline_bytes: int = 0
+    live_itemsize: int = 4
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -299,7 +301,9 @@ def estimate_needs(
         read *= 2
     chunk = min(HOST_CHUNK_ELEMENTS, max_numel)
     pipeline = 2 * chunk * live_dtype.itemsize  # float32 sums are sent as is, others cast first
-    return MemoryNeeds(len(rows), live, stacks, resident_buffers, stream_buffers, read, lora, pipeline)
+    return MemoryNeeds(
+        len(rows), live, stacks, resident_buffers, stream_buffers, read, lora, pipeline, live_dtype.itemsize
+    )
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -505,10 +509,19 @@ def _too_big(
         if on_gpu and gpu_free is not None and gpu_bytes > HEADROOM * gpu_free
         else f"{_gb(host_bytes)} of host memory ({_gb(host)} available: {host_source})"
     )
+    gpu_bound = on_gpu and gpu_free is not None and gpu_bytes > HEADROOM * gpu_free
+    todo = []
+    if needs.live_itemsize > 2:
+        todo.append("a smaller live dtype (merge.dtype: bfloat16)")
+    if gpu_bound:
+        todo.append("the live model on the CPU (merge.device: cpu, or --device cpu)")
+    todo += [
+        "fewer or smaller checkpoints",
+        "more memory",
+        "search.memory_limit if the detected limit is wrong",
+    ]
     return (
         f"the search's live model does not fit: even its smallest memory tier ({tier}) needs "
         f"{where}, with {HEADROOM:.0%} of it usable (live model {_gb(needs.live_bytes)}{stacks}, buffers "
-        f"{_gb(buffers)}); nothing was loaded. Use a smaller live dtype "
-        "(merge.dtype: bfloat16), fewer or smaller checkpoints, more memory, or set "
-        "search.memory_limit if the detected limit is wrong"
+        f"{_gb(buffers)}); nothing was loaded. Use " + ", ".join(todo[:-1]) + f", or set {todo[-1]}"
     )

@@ -359,3 +359,16 @@ def test_lora_pool_plan_counts_what_the_candidate_model_holds_and_reads(llama_po
     assert per_trial == needs.stream_read - factors  # bytes_read counts the base's blocks, not the factors
     unnormalized = estimate_needs(inputs.checkpoints, inputs.base, method="linear", sums_to_one=False)
     assert unnormalized.stack_bytes > base_bytes  # Σw ≠ 1 scales every tensor: all are kept
+
+
+def test_too_big_advice_fits_the_run(llama_pool_bf16):
+    """A bfloat16 model is not told to use bfloat16; a model too big for the GPU is told to use the CPU."""
+    _, ckpts = llama_pool_bf16
+    sources = [SafetensorsSource(p) for p in ckpts]
+    with pytest.raises(SearchMemoryError) as cpu:
+        plan_memory(sources, None, method="linear", device="cpu", memory_limit="100KB")
+    assert "bfloat16" not in str(cpu.value) and "merge.device: cpu" not in str(cpu.value)
+    assert "fewer or smaller checkpoints" in str(cpu.value)
+    with pytest.raises(SearchMemoryError) as gpu:
+        plan_memory(sources, None, method="linear", device="cuda", memory_limit=10 * GB, gpu_free=1000)
+    assert "of GPU memory" in str(gpu.value) and "merge.device: cpu, or --device cpu" in str(gpu.value)
