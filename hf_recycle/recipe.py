@@ -75,7 +75,14 @@ class MergeSpec(_Strict):
     lambda_: float = Field(default=1.0, alias="lambda")
     normalize: bool | None = None
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N (the GPU's index)")
+        return value
 
 
 class SearchSpec(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -281,3 +282,13 @@ def test_every_shipped_recipe_validates_and_names_its_command(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and f"hf-recycle run recipes/{path.name}" in first
     assert recipe.tasks and recipe.checkpoints
+
+
+def test_merge_device_takes_a_gpu_index_and_refuses_other_names():
+    recipe = Recipe.model_validate({"name": "x", "tasks": [], "merge": {"device": "cuda:1"}})
+    assert recipe.merge.device == "cuda:1"
+    for bad in ("gpu", "cuda:", "cuda:x", "tpu"):
+        with pytest.raises(
+            ValidationError, match=f"'{re.escape(bad)}' is not a device: use auto, cpu, cuda or cuda:N"
+        ):
+            Recipe.model_validate({"name": "x", "tasks": [], "merge": {"device": bad}})
