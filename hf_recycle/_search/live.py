@@ -42,6 +42,12 @@ def default_normalize(method: str, parameterization: str = "simplex") -> bool:
     return get_method(method).default_normalize
 
 
+def coefficients_sum_to_one(method: str, normalize: bool) -> bool:
+    """Whether a candidate's coefficients on its rows sum to 1: all but an unnormalized linear merge
+    (which scales even the tensors no input changes by Σw)."""
+    return not (method == "linear" and not normalize)
+
+
 def _check_compatible(sources: Sequence[TensorSource], base: TensorSource | None) -> list[str]:
     """The tensor names of the merge, after the merge engine's own check of every input and the base.
 

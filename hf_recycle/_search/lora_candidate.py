@@ -137,3 +137,19 @@ class TensorPlan:
         """Bytes held (stack and factors)."""
         held = [t for t in (self.stack, self.u, self.v) if t is not None]
         return sum(t.numel() * t.element_size() for t in held)
+
+
+def varying_keys(sources: Sequence[TensorSource], keys: Sequence[str], sums_to_one: bool) -> set[str]:
+    """The tensors whose candidate depends on the weights, from the headers only.
+
+    The header-only twin of :meth:`TensorPlan.is_fixed`: every tensor varies, unless the
+    coefficients sum to 1 and every input is a LoRA adapter over the one base, in which case
+    only the tensors some adapter changes (ΔW, bias or a replaced module) vary; the others are
+    the base's for every candidate.
+    """
+    from hf_recycle._merge.lora import LoraSource
+
+    adapters = [s for s in sources if isinstance(s, LoraSource)]
+    if not sums_to_one or len(adapters) != len(sources):
+        return set(keys)
+    return {k for k in keys if any(a.changes(k) for a in adapters)}

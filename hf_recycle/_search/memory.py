@@ -253,6 +253,7 @@ def estimate_needs(
     from hf_recycle._merge.methods import get_method, resolve_params
     from hf_recycle._merge.streaming import CPU_BLOCK_ELEMENTS, CUDA_BLOCK_ELEMENTS, default_workers
     from hf_recycle._search.host_tier import HOST_CHUNK_ELEMENTS
+    from hf_recycle._search.lora_candidate import varying_keys
 
     ref = sources[0]
     keys = [k for k in ref.keys() if ref.dtype(k).is_floating_point]
@@ -269,11 +270,7 @@ def estimate_needs(
     lora = any(isinstance(s, LoraSource) for s in sources)
     if lora:  # factors form: the base once (only the tensors an adapter changes), plus the factors
         shared = next(s.base for s in sources if isinstance(s, LoraSource))
-        adapters = [s for s in sources if isinstance(s, LoraSource)]
-        if sums_to_one and len(adapters) == len(sources):  # the other tensors stay the base's: written once
-            varying = {k for k in keys if any(a.changes(k) for a in adapters)}
-        else:  # a full checkpoint, or coefficients not summing to 1, change every tensor
-            varying = set(keys)
+        varying = varying_keys(sources, keys, sums_to_one)  # the others stay the base's: written once
         base_once = sum(numels[k] * shared.dtype(k).itemsize for k in keys if k in varying)
         stacks = base_once + sum(_adapter_bytes(s) for s in sources if isinstance(s, LoraSource))
         stacks += sum(
@@ -475,7 +472,7 @@ def plan_recipe_memory(
     density = merge.density
     if spec.search_density and get_method(merge.method).uses_density:
         density = min(density or 0.5, 0.5)  # trials try densities below 1: count the TIES statistics
-    from hf_recycle._search.live import default_normalize
+    from hf_recycle._search.live import coefficients_sum_to_one, default_normalize
 
     normalize = default_normalize(merge.method, spec.weights) if merge.normalize is None else merge.normalize
     return plan_memory(
@@ -487,7 +484,7 @@ def plan_recipe_memory(
         device=device,
         resident=spec.resident,
         memory_limit=spec.memory_limit,
-        sums_to_one=not (merge.method == "linear" and not normalize),
+        sums_to_one=coefficients_sum_to_one(merge.method, normalize),
         **roots,
     )
 

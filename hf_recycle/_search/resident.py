@@ -31,7 +31,7 @@ import numpy as np
 
 from hf_recycle._merge.methods import get_method
 from hf_recycle._search.host_tier import HOST_CHUNK_ELEMENTS, ChunkPipeline
-from hf_recycle._search.live import LiveModel
+from hf_recycle._search.live import LiveModel, coefficients_sum_to_one
 from hf_recycle._search.lora_candidate import TensorPlan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,8 +74,7 @@ class ResidentModel(LiveModel):
         super().__init__(sources, **options)
         rows = [*sources, *([self.base] if self.base is not None else [])]
         self.has_base_row = len(rows) > len(sources)
-        # an unnormalized linear candidate scales even the tensors no input changes by Σw
-        sums_to_one = not (self.method == "linear" and not self.normalize)
+        sums_to_one = coefficients_sum_to_one(self.method, self.normalize)
         plans = [TensorPlan(key, rows, low_rank=low_rank) for key in self.names]
         total = sum(plan.nbytes() for plan in plans if not plan.is_fixed(sums_to_one))
         self.resident_device = torch.device(resident_device or self._fit_device(total))

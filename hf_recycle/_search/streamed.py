@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hf_recycle._search.live import LiveModel
+from hf_recycle._search.live import LiveModel, coefficients_sum_to_one
+from hf_recycle._search.lora_candidate import varying_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -44,7 +45,9 @@ class StreamedModel(LiveModel):
         self._group_by_name = dict(zip(self.names, self._group, strict=True))
         self.sources = list(sources)
         self.bytes_read = 0
-        self._varying = self._varying_keys()
+        # tensors no candidate changes (a LoRA pool's untargeted ones) are written by the first trial only
+        sums_to_one = coefficients_sum_to_one(self.method, self.normalize)
+        self._varying = varying_keys(self.sources, self.sources[0].keys(), sums_to_one)
         self._written_once = False
         logger.info(
             "streamed model: %d tensors x %d checkpoints read from disk per trial, live model on %s",
@@ -81,16 +84,6 @@ class StreamedModel(LiveModel):
             merger.stream(self, keys=self._varying if self._written_once else None)
         self._written_once = True
         self.bytes_read += merger.input_bytes
-
-    def _varying_keys(self) -> set[str]:
-        """Tensors whose merge depends on the weights: some input changes them (a LoRA pool
-        leaves the base's other tensors as they are), or the coefficients do not sum to 1."""
-        from hf_recycle._search.lora_candidate import TensorPlan
-
-        sums_to_one = not (self.method == "linear" and not self.normalize)
-        rows = [*self.sources, *([self.base] if self.base is not None else [])]
-        reference = self.sources[0]
-        return {key for key in reference.keys() if not TensorPlan(key, rows).is_fixed(sums_to_one)}
 
     def write(self, key: str, data: torch.Tensor, row_start: int = 0) -> None:
         """The engine's sink: copy merged rows ``row_start``… of ``key`` into the live tensor."""

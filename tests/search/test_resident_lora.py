@@ -198,3 +198,18 @@ def test_bf16_base_keeps_bf16_copies(tmp_path_factory, tmp_path, method, kwargs)
     # bf16: sums in float32 then one rounding; a different summation order may flip the last bit
     _assert_same(factor.state_dict(), dense.state_dict(), 1e-2, "factors vs dense")
     _assert_same(factor.state_dict(), streamed, 1e-2, "factors vs streaming")
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+@pytest.mark.parametrize("sums_to_one", [True, False])
+def test_header_only_varying_keys_agree_with_the_tensor_plans(env, pool, sums_to_one):
+    """The plan and the disk tier's header-only rule name exactly the tensors ResidentModel keeps."""
+    from hf_recycle._search.lora_candidate import TensorPlan, varying_keys
+
+    names, arch = POOLS[pool]
+    inputs = open_inputs([str(env[n]) for n in names], base=str(env[arch]))
+    keys = inputs.checkpoints[0].keys()
+    for rows in (inputs.checkpoints, [*inputs.checkpoints, inputs.base]):  # linear, task vectors
+        kept = {k for k in keys if not TensorPlan(k, rows).is_fixed(sums_to_one)}
+        assert varying_keys(inputs.checkpoints, keys, sums_to_one) == kept
+        assert kept != set(keys) or pool != "adapters" or not sums_to_one  # not vacuous for adapters
