@@ -53,7 +53,6 @@ sys.path.insert(0, str(ROOT))
 def build() -> tuple[Path, list[Path]]:
     """``(base, adapters)`` under :data:`WORK`, reused when already built."""
     import torch
-    from safetensors.torch import save_file
 
     from hf_recycle.testing import models
 
@@ -66,23 +65,7 @@ def build() -> tuple[Path, list[Path]]:
     models.save_checkpoint(model, base, dtype=torch.bfloat16)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     del model
-    modules = sorted(k.rsplit(".", 1)[0] for k in shapes if k.rsplit(".", 2)[-2] in TARGETS)
-    gen = torch.Generator().manual_seed(1)
-    for folder in adapters:
-        folder.mkdir(parents=True)
-        tensors = {}
-        for module in modules:
-            out_f, in_f = shapes[module + ".weight"]
-            tensors[f"base_model.model.{module}.lora_A.weight"] = (
-                torch.randn(RANK, in_f, generator=gen) * 0.01
-            )
-            tensors[f"base_model.model.{module}.lora_B.weight"] = (
-                torch.randn(out_f, RANK, generator=gen) * 0.01
-            )
-        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-        config = {"peft_type": "LORA", "r": RANK, "lora_alpha": 2 * RANK, "target_modules": list(TARGETS),
-                  "task_type": "CAUSAL_LM", "base_model_name_or_path": None}  # fmt: skip
-        (folder / "adapter_config.json").write_text(json.dumps(config))
+    models.write_random_lora_adapters(shapes, adapters, r=RANK, target_modules=TARGETS)
     rows = [{"q": f"{i}+{i}=", "a": str(2 * i)} for i in range(8)]
     (WORK / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (WORK / "done").write_text("ok\n")

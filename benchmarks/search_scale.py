@@ -100,7 +100,6 @@ def build(size: str) -> dict[str, object]:
     if (folder / "done").is_file():
         return layout
     import torch
-    from safetensors.torch import save_file
 
     from hf_recycle.testing import models
 
@@ -111,23 +110,7 @@ def build(size: str) -> dict[str, object]:
     )
     assert built_base == base and built == fulls
     shapes = {k: v.shape for k, v in models.load_state_dict(base).items()}
-    modules = sorted(k.rsplit(".", 1)[0] for k in shapes if k.rsplit(".", 2)[-2] in TARGETS)
-    gen = torch.Generator().manual_seed(1)
-    for path in adapters:
-        path.mkdir(parents=True)
-        tensors = {}
-        for module in modules:
-            out_f, in_f = shapes[module + ".weight"]
-            tensors[f"base_model.model.{module}.lora_A.weight"] = (
-                torch.randn(RANK, in_f, generator=gen) * 0.01
-            )
-            tensors[f"base_model.model.{module}.lora_B.weight"] = (
-                torch.randn(out_f, RANK, generator=gen) * 0.01
-            )
-        save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-        config = {"peft_type": "LORA", "r": RANK, "lora_alpha": 2 * RANK, "target_modules": list(TARGETS),
-                  "task_type": "CAUSAL_LM", "base_model_name_or_path": None}  # fmt: skip
-        (path / "adapter_config.json").write_text(json.dumps(config))
+    models.write_random_lora_adapters(shapes, adapters, r=RANK, target_modules=TARGETS)
     rows = [{"q": f"{i}+{i}=", "a": str(2 * i)} for i in range(8)]
     layout["data"].write_text("".join(json.dumps(r) + "\n" for r in rows))  # type: ignore[union-attr]
     os.sync()

@@ -215,3 +215,39 @@ def build_lora_adapter(
     adapter_config["base_model_name_or_path"] = base_model_name_or_path
     config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def write_random_lora_adapters(
+    shapes: dict[str, Sequence[int]],
+    folders: Sequence[str | Path],
+    *,
+    r: int = 8,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    scale: float = 0.01,
+    seed: int = 1,
+) -> list[Path]:
+    """PEFT-layout LoRA adapters with ``scale * N(0, 1)`` factors, written directly (no model is loaded).
+
+    For benchmarks that need tens of adapters over a large base: :func:`build_lora_adapter`
+    loads the base with transformers for each one. ``shapes``: the base's tensor shapes; the
+    targeted modules are its ``*.weight`` tensors whose module name is in ``target_modules``.
+    ``lora_alpha`` is ``2 * r``; the factors are float32.
+    """
+    from safetensors.torch import save_file
+
+    modules = sorted(k.rsplit(".", 1)[0] for k in shapes if k.rsplit(".", 2)[-2] in target_modules)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for folder in map(Path, folders):
+        folder.mkdir(parents=True)
+        tensors = {}
+        for module in modules:
+            out_f, in_f = shapes[module + ".weight"]
+            tensors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(r, in_f, generator=gen) * scale
+            tensors[f"base_model.model.{module}.lora_B.weight"] = torch.randn(out_f, r, generator=gen) * scale
+        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": list(target_modules),
+                  "task_type": "CAUSAL_LM", "base_model_name_or_path": None}  # fmt: skip
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        out.append(folder)
+    return out
