@@ -3,11 +3,14 @@ tokens are pointed at a per-session temporary folder before any HF library loads
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 _HF_HOME = tempfile.mkdtemp(prefix="hf-recycle-tests-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)  # the session leaves nothing in /tmp
 for _var, _value in {
     "HF_HOME": _HF_HOME,
     "HF_HUB_OFFLINE": "1",
