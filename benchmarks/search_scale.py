@@ -18,9 +18,9 @@ warm-up, then the median of ``--trials`` calls (scoring excluded). Tiers:
   the ``host`` tier: host RAM is the device);
 - ``host`` (only with ``--device cuda``): stacks in host RAM, live model on the GPU;
 - ``disk-warm``: nothing resident, every trial streams the inputs from the page cache;
-- ``disk-cold``: the same with the page cache dropped before every timed trial
-  (``sync; echo 1 > /proc/sys/vm/drop_caches`` when writable, else
-  ``posix_fadvise(POSIX_FADV_DONTNEED)`` on every input file).
+- ``disk-cold``: the same with the input files evicted from the page cache before every
+  timed trial (``posix_fadvise(POSIX_FADV_DONTNEED)`` on each; ``drop_caches``, used before,
+  also evicted torch's own code pages, whose reloading the trial then paid for).
 
 The floor of a trial is the plan's ``bytes_per_trial`` (``MemoryPlan``: the stacks for
 the resident tiers, the input files for the disk tier) divided by the bandwidth of that
@@ -43,6 +43,7 @@ over 50 <= 1.5 x score.
 
     python benchmarks/search_scale.py            # ~1 GB checkpoints (6-10 minutes on 2 cores)
     python benchmarks/search_scale.py --small    # ~100 MB checkpoints (also: --quick)
+    python benchmarks/search_scale.py --pools lora   # only the LoRA pool (timings and its RSS cases)
 
 Results go to ``benchmarks/search_scale.json`` and a markdown table on stdout; the
 checkpoints are built once under ``benchmarks/_work/search_scale/`` and reused.
@@ -134,20 +135,15 @@ def weight_files(checkpoints: list[Path], base: Path | None) -> list[Path]:
 
 
 def drop_cache(files: list[Path]) -> str:
-    """Evict ``files`` from the page cache; return how (``drop_caches`` or ``fadvise``)."""
+    """Evict ``files`` (only they: not the interpreter's and torch's own pages) from the page cache."""
     os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
-        return "drop_caches"
-    except OSError:
-        for file in files:
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-        return "fadvise"
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return "fadvise"
 
 
 def read_files(files: list[Path]) -> tuple[int, float]:
@@ -462,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available"
     )
+    parser.add_argument(
+        "--pools", default="full,lora", help="comma-separated pools to run: full, lora (default both)"
+    )
     args = parser.parse_args(argv)
     size = "small" if args.small or args.quick else "full"
     if args.child:
@@ -485,17 +484,18 @@ def main(argv: list[str] | None = None) -> int:
     built = (work_dir(size) / "done").read_text().strip()
     print(f"checkpoints ready ({built}; {time.perf_counter() - start:.0f} s here)", flush=True)
 
+    pools = [p for p in ("full", "lora") if p in args.pools.split(",")]
     bw: dict[str, object] = {"memory_cpu": memory_bandwidth("cpu")}
     if device == "cuda":
         bw["memory_cuda"] = memory_bandwidth("cuda")
     bw["matmul_flops"] = matmul_rate(device)
-    for pool in ("full", "lora"):
+    for pool in pools:
         bw[pool] = file_bandwidths(weight_files(*pool_inputs(layout, pool)))
     print(json.dumps(bw), flush=True)
 
     tiers = ["device", *(["host"] if device == "cuda" else []), "disk-warm", "disk-cold"]
     timings = []
-    for pool in ("full", "lora"):
+    for pool in pools:
         for tier in tiers:
             case = run_child(size, "time", pool, tier, device, str(args.trials))
             source, _ = floor_for(case, bw)
@@ -520,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     rss_plan = [("score", 0, "auto"), ("full", N_FULL, "device"), ("full", N_FULL, "disk")]
     rss_plan += [("lora", 6, "device"), ("lora", N_LORA, "device"), ("lora", N_LORA_MAX, "device")]
     rss_plan += [("lora", N_LORA, "disk")] + ([("lora", N_LORA, "host")] if device == "cuda" else [])
+    rss_plan = [case for case in rss_plan if case[0] == "score" or case[0] in pools]
     rss = []
     failed = []
     for pool, k, tier in rss_plan:

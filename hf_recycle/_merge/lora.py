@@ -421,6 +421,11 @@ class LoraSource(TensorSource):
         u, v = self.factors(key, device)
         return LowRankForm(self.base, u, v)
 
+    def low_rank_width(self, key: str) -> int:
+        if key in self.modules and key not in self.replaced:
+            return self.modules[key].rank
+        return 0
+
     def delta(
         self, key: str, rows: slice | None = None, device: str | torch.device = "cpu"
     ) -> torch.Tensor | None:

@@ -136,6 +136,10 @@ class TensorSource(ABC):
         """
         return None
 
+    def low_rank_width(self, key: str) -> int:
+        """Columns of ``U`` in :meth:`low_rank_form` of tensor ``key`` (its rank), from headers only; 0 when none."""
+        return 0
+
     def nbytes(self, key: str) -> int:
         """Bytes tensor ``key`` takes in its stored dtype."""
         numel = 1
@@ -471,6 +475,9 @@ class TiedHeadSource(TensorSource):
 
     def read_into(self, key: str, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         return self.inner.read_into(self._resolve(key), out, rows)
+
+    def low_rank_width(self, key: str) -> int:
+        return self.inner.low_rank_width(self._resolve(key))
 
     def close(self) -> None:
         self.inner.close()

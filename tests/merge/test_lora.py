@@ -496,6 +496,7 @@ def test_engine_linear_adds_the_deltas_of_adapters_over_one_base_at_once(
     from hf_recycle._merge.engine import merge
 
     monkeypatch.setattr(streaming, "CPU_BLOCK_ELEMENTS", 100)  # factors sliced by row blocks
+    monkeypatch.setattr(streaming, "LOW_RANK_ROWS_PER_COLUMN", 0)  # (LoRA-targeted tensors too)
     computed = []
     real_read = LoraSource.read
 
@@ -516,6 +517,52 @@ def test_engine_linear_adds_the_deltas_of_adapters_over_one_base_at_once(
     # base + ΔW is never built per adapter: only tensors saved whole (bias="all") are read()
     g = LoraSource(lora_env["g"], SafetensorsSource(lora_env["gpt2_base"]))
     assert computed and set(computed) <= set(g.replaced)
+
+
+@pytest.mark.parametrize("cap", [None, 400])
+def test_lora_targeted_tensors_are_merged_in_tall_blocks(lora_env, monkeypatch, cap):
+    """U[rows] @ V reads all of V per block: a tensor with deltas comes in blocks of at least
+    8 rows per factor column (up to the cap), the others in the usual blocks; values unchanged."""
+    from hf_recycle._merge import streaming
+    from hf_recycle._merge.inputs import open_inputs
+
+    monkeypatch.setattr(streaming, "CPU_BLOCK_ELEMENTS", 100)
+    if cap is not None:
+        monkeypatch.setattr(streaming, "LOW_RANK_MAX_BLOCK_ELEMENTS", cap)
+    names, weights = ["g", "h"], [0.6, 0.4]
+    inputs = open_inputs([str(lora_env[n]) for n in names], str(lora_env["gpt2_base"]))
+    blocks: dict[str, list[tuple[int, torch.Tensor]]] = {}
+
+    class Collect:
+        def write(self, key, data, row_start=0):
+            blocks.setdefault(key, []).append((row_start, data.clone()))
+
+    linear = get_method("linear")
+    try:
+        merger = streaming.StreamingMerger(
+            inputs.checkpoints, inputs.base, linear, weights, resolve_params(linear)
+        )
+        merger.stream(Collect())
+        widths = {key: sum(s.low_rank_width(key) for s in inputs.checkpoints) for key in blocks}
+    finally:
+        inputs.close()
+    refs = _reference_inputs(lora_env, names)
+    targeted = [key for key, width in widths.items() if width]
+    assert targeted and any(not width for width in widths.values())
+    for key, parts in blocks.items():
+        shape = refs[0][key].shape
+        row_numel = shape[1:].numel() if len(shape) > 1 else 1
+        most = max(data.shape[0] if data.dim() else 1 for _, data in parts)
+        if widths[key]:
+            want = min(8 * widths[key] * row_numel, cap or 1 << 24) // row_numel
+            assert most == min(shape[0], max(want, 100 // row_numel, 1)), key
+        elif len(shape) > 1:
+            assert most == min(shape[0], max(1, 100 // row_numel)), key
+        if widths[key] and cap:
+            assert len(parts) > 1, key  # the factors sliced by rows
+        got = torch.cat([d.reshape(-1, *shape[1:]) for _, d in sorted(parts, key=lambda p: p[0])])
+        want_value = linear.combine([r[key] for r in refs], weights, None, resolve_params(linear), key)
+        torch.testing.assert_close(got.reshape(shape), want_value.to(got.dtype), rtol=0, atol=1e-5, msg=key)
 
 
 def test_engine_uses_the_adapters_named_base_and_keeps_dtypes(lora_env, tmp_path):
