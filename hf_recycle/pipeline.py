@@ -1,7 +1,8 @@
 """``hf-recycle run``: a recipe end to end.
 
-resolve the checkpoints -> search the merge weights (resuming the study) -> stream the
-winner's merge to disk (each Pareto member for ``objective: pareto``) -> lock file,
+resolve and download the checkpoints once (:mod:`hf_recycle.recipe_inputs`) -> search the
+merge weights over those folders (resuming the study) -> stream the winner's merge to disk
+from the same folders (each Pareto member for ``objective: pareto``) -> lock file,
 results and model card next to the weights -> push when asked.
 
 Layout of ``output.dir`` (``outputs/<name>`` by default)::
@@ -328,8 +329,13 @@ def run(
         parsed = parsed.model_copy(update={"endpoint": endpoint})
     out = Path(output_dir) if output_dir else parsed.output_dir
 
-    from hf_recycle._search.api import search
+    from hf_recycle._search.api import check_search, search
+    from hf_recycle.recipe_inputs import fetch_recipe_inputs
 
+    # One plan for the whole run: every spec resolved once and every checkpoint downloaded once
+    # here; the search opens these folders and the final merge reads them.
+    n_trials, _, _ = check_search(parsed, trials)  # search settings: before any download
+    fetched = fetch_recipe_inputs(parsed, endpoint=endpoint, token=token, trials=n_trials)
     results = search(
         parsed,
         trials=trials,
@@ -339,11 +345,13 @@ def run(
         device=device,
         token=token,
         progress=progress,
+        fetched=fetched,
     )
-    # The search wrote checkpoints.lock.json next to results.json, with the base its merges
-    # used (the recipe's when the method or a LoRA input needs one, else the one adapters name).
-    pins = [PinnedCheckpoint.from_json(c, spec=c.get("spec")) for c in results.checkpoints]
-    base = PinnedCheckpoint.from_json(results.base) if results.base else None
+    pins = fetched.pins
+    # The base the search's merges used (the recipe's when the method or a LoRA input needs one,
+    # else the one the adapters name), as the search recorded it in results.json.
+    base = fetched.merge_base if results.base else None
+    base_pin = base.pin if base is not None else None
 
     entries: list[tuple[Path, Candidate, int | None]] = []
     if results.pareto:
@@ -366,10 +374,10 @@ def run(
         ),
         results=SearchResults.from_json(names.results(results)),
         pins=[names.pin(p) for p in pins],
-        base=names.pin(base) if base else None,
+        base=names.pin(base_pin) if base_pin else None,
         names=names,
     )
-    licenses = _source_licenses([*pins, *([base] if base else [])], endpoint, token)
+    licenses = _source_licenses([*pins, *([base_pin] if base_pin else [])], endpoint, token)
     repo_id = parsed.push.repo if parsed.push else None
     template = card_template(parsed, base_dir)
     model_dirs = []
@@ -380,7 +388,7 @@ def run(
             member,
             results,
             parsed,
-            pins,
+            fetched.checkpoints,
             base,
             published,
             repo_id,

@@ -9,7 +9,7 @@ globs, ``@history``...) are resolved to pinned commits and downloaded by
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +24,12 @@ from hf_recycle._merge.sources import (
 )
 from hf_recycle.errors import CheckpointFormatError, CheckpointNotFoundError, PickleRefusedError, SpecError
 from hf_recycle.hub.files import FolderContents
-from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.hub.pins import Fetched, PinnedCheckpoint
 from hf_recycle.hub.spec import is_local_spec
 
 logger = logging.getLogger(__name__)
 
-CheckpointLike = str | Path | TensorSource | PinnedCheckpoint
+CheckpointLike = str | Path | TensorSource | PinnedCheckpoint | Fetched
 
 
 @dataclass
@@ -87,13 +87,14 @@ def expand_checkpoints(
 
 
 def fetch_specs(
-    specs: Sequence[str | Path | PinnedCheckpoint],
+    specs: Sequence[str | Path | PinnedCheckpoint | Fetched],
     *,
     endpoint: str | None = None,
     token: str | None = None,
     allow_pickle: bool = False,
 ) -> list[tuple[str, Path, PinnedCheckpoint]]:
-    """``(name, local folder, pin)`` per checkpoint: local folders in place, Hub checkpoints downloaded.
+    """``(name, local folder, pin)`` per checkpoint: local folders in place, Hub checkpoints downloaded,
+    :class:`~hf_recycle.hub.pins.Fetched` ones as they are.
 
     Raises:
         CheckpointNotFoundError: A local spec is not an existing folder.
@@ -103,6 +104,9 @@ def fetch_specs(
 
     resolved: list[tuple[str, Path, PinnedCheckpoint]] = []
     for spec in specs:
+        if isinstance(spec, Fetched):
+            resolved.append((spec.spec, spec.path, spec.pin))
+            continue
         if isinstance(spec, PinnedCheckpoint):
             path = download_checkpoint(spec, endpoint=endpoint, token=token, allow_pickle=allow_pickle)
             resolved.append((spec.spec, path, spec))
@@ -199,6 +203,7 @@ def _open_adapters(
     allow_pickle: bool,
     endpoint: str | None,
     token: str | None,
+    fetched: Mapping[str, Fetched],
 ) -> list[tuple[TensorSource, PinnedCheckpoint]]:
     """Open LoRA adapters (in place in ``opened``) as base + ΔW over the given base, else their named one.
 
@@ -226,7 +231,7 @@ def _open_adapters(
             spec = adapter_base_spec(path, None, name)
             try:
                 (base_name, base_path, base_pin), *_ = fetch_specs(
-                    [spec], endpoint=endpoint, token=token, allow_pickle=allow_pickle
+                    [fetched.get(spec, spec)], endpoint=endpoint, token=token, allow_pickle=allow_pickle
                 )
                 key = str(base_path.resolve())
                 if key not in shared:
@@ -268,12 +273,15 @@ def open_inputs(
     allow_pickle: bool = False,
     endpoint: str | None = None,
     token: str | None = None,
+    named_bases: Mapping[str, Fetched] | None = None,
 ) -> MergeInputs:
     """Resolve and open every checkpoint and the base.
 
     Already-opened :class:`TensorSource` objects pass through unchanged. Hub specs are
-    resolved and downloaded; a glob adds one input per checkpoint it matches (call
-    :func:`expand_checkpoints` first to know the count). The base must be one checkpoint.
+    resolved and downloaded (:class:`~hf_recycle.hub.pins.Fetched` ones already are); a glob
+    adds one input per checkpoint it matches (call :func:`expand_checkpoints` first to know
+    the count). The base must be one checkpoint. ``named_bases`` maps the bases LoRA
+    adapters name (their ``base_model_name_or_path``) to checkpoints already fetched.
 
     Raises:
         SpecError: The base spec expands to more than one checkpoint.
@@ -316,7 +324,7 @@ def open_inputs(
         if adapters:
             named_bases = _open_adapters(
                 opened, records, adapters, len(opened) - 1 if base is not None else None,
-                allow_pickle=allow_pickle, endpoint=endpoint, token=token,
+                allow_pickle=allow_pickle, endpoint=endpoint, token=token, fetched=named_bases or {},
             )  # fmt: skip
     except BaseException:
         for source in opened:

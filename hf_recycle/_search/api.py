@@ -34,10 +34,11 @@ from hf_recycle._search.study import (
 )
 from hf_recycle._search.worker import StudyLock, run_worker
 from hf_recycle.errors import SearchError
+from hf_recycle.recipe_inputs import RecipeInputs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["search", "create_study", "SearchSetup", "SearchResults"]
+__all__ = ["search", "create_study", "check_search", "SearchSetup", "SearchResults"]
 
 
 @dataclass
@@ -100,40 +101,14 @@ def _task_info(recipe: Any, scorers: Any) -> tuple[list[str], list[bool]]:
     return [t.name for t in recipe.tasks], [bool(t.larger_is_better) for t in recipe.tasks]
 
 
-def prepare(
-    recipe: Any,
-    *,
-    trials: int | None = None,
-    storage: str | None = None,
-    study: str | None = None,
-    output_dir: str | Path | None = None,
-    base_dir: str | Path | None = None,
-    scorers: Sequence[Scorer] | None = None,
-    endpoint: str | None = None,
-    token: str | bool | None = None,
-) -> SearchSetup:
-    """Validate the search settings, fetch and open the checkpoints, and define the space.
-
-    Hub specs resolve against ``endpoint``, else the recipe's ``endpoint``, else
-    huggingface_hub's default (``HF_ENDPOINT``), with ``token`` (default: huggingface_hub's
-    own lookup).
+def check_search(
+    recipe: Any, trials: int | None = None, scorers: Sequence[Scorer] | None = None
+) -> tuple[int, list[str], list[bool]]:
+    """``(trials, task names, higher is better per task)`` of a search of ``recipe``, checked before any download.
 
     Raises:
-        SearchError: Fewer than 2 checkpoints, trials <= 0 or fewer than the baselines
-            need, ``pareto`` with one task, no task at all.
-        IncompatibleCheckpointsError: Checkpoints of different architectures.
+        SearchError: trials <= 0, no task, ``pareto`` with one task, pruning with ``pareto``.
     """
-    from hf_recycle._merge.engine import align_tied_heads
-    from hf_recycle._merge.inputs import open_inputs
-    from hf_recycle._merge.methods import get_method
-    from hf_recycle._search.live import _check_compatible, default_normalize
-    from hf_recycle.hub.download import download_checkpoint, fetch_checkpoints
-    from hf_recycle.hub.resolve import resolve
-    from hf_recycle.preflight import check_resolved
-
-    recipe, base_dir = _load_recipe(recipe, base_dir, trials, tasks=scorers is None)
-    if endpoint and endpoint != recipe.endpoint:
-        recipe = recipe.model_copy(update={"endpoint": endpoint})
     spec = recipe.search
     n_trials = spec.trials if trials is None else int(trials)
     if n_trials <= 0:
@@ -151,26 +126,53 @@ def prepare(
         raise SearchError(
             "pruning works with objective 'mean' only (Optuna cannot prune multi-objective trials)"
         )
-    if len(recipe.checkpoints) == 0:
-        raise SearchError(f"recipe '{recipe.name}' lists no checkpoints: a merge search needs at least 2")
-    pins = resolve(recipe.checkpoints, endpoint=recipe.endpoint, token=token)
-    check_resolved(recipe, len(pins), trials=n_trials)  # too few checkpoints or trials: before any download
-    fetched = [(pin, download_checkpoint(pin, endpoint=recipe.endpoint, token=token)) for pin in pins]
+    return n_trials, tasks, directions
+
+
+def prepare(
+    recipe: Any,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    output_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    scorers: Sequence[Scorer] | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    fetched: RecipeInputs | None = None,
+) -> SearchSetup:
+    """Validate the search settings, fetch and open the checkpoints, and define the space.
+
+    Hub specs resolve against ``endpoint``, else the recipe's ``endpoint``, else
+    huggingface_hub's default (``HF_ENDPOINT``), with ``token`` (default: huggingface_hub's
+    own lookup). With ``fetched`` (the recipe's checkpoints already resolved and downloaded,
+    :func:`~hf_recycle.recipe_inputs.fetch_recipe_inputs`) nothing is resolved or downloaded.
+
+    Raises:
+        SearchError: Fewer than 2 checkpoints, trials <= 0 or fewer than the baselines
+            need, ``pareto`` with one task, no task at all.
+        IncompatibleCheckpointsError: Checkpoints of different architectures.
+    """
+    from hf_recycle._merge.engine import align_tied_heads
+    from hf_recycle._merge.inputs import open_inputs
+    from hf_recycle._merge.methods import get_method
+    from hf_recycle._search.live import _check_compatible, default_normalize
+    from hf_recycle.recipe_inputs import fetch_recipe_inputs
+
+    recipe, base_dir = _load_recipe(recipe, base_dir, trials, tasks=scorers is None)
+    if endpoint and endpoint != recipe.endpoint:
+        recipe = recipe.model_copy(update={"endpoint": endpoint})
+    spec = recipe.search
+    n_trials, tasks, directions = check_search(recipe, trials, scorers)
+    if fetched is None:
+        fetched = fetch_recipe_inputs(recipe, endpoint=recipe.endpoint, token=token, trials=n_trials)
+    pins = fetched.pins
     method = get_method(recipe.merge.method)
     # The base as the final merge (hf_recycle.pipeline) uses it: task-vector methods mix it in,
-    # and LoRA adapters are read over it (whatever the method).
-    base_pin, base_path = None, None
-    if recipe.base is not None and (method.needs_base or any(pin.kind == "lora" for pin in pins)):
-        fetched_base = fetch_checkpoints([recipe.base], endpoint=recipe.endpoint, token=token)
-        if len(fetched_base) != 1:
-            raise SearchError(
-                f"base '{recipe.base}' expands to {len(fetched_base)} checkpoints: the base must be one "
-                "checkpoint; name a single revision or subfolder in the recipe's base:"
-            )
-        base_pin, base_path = fetched_base[0][0], str(fetched_base[0][1])
-    inputs = open_inputs([str(path) for _, path in fetched], base_path)
-    if base_pin is None:
-        base_pin = inputs.base_pin  # the one base every LoRA adapter names, when the recipe gives none
+    # and LoRA adapters are read over it (whatever the method; fetch_recipe_inputs decides).
+    inputs = open_inputs(list(fetched.checkpoints), fetched.base, named_bases=fetched.named_bases)
+    base_pin = fetched.base.pin if fetched.base is not None else inputs.base_pin
     try:
         inputs.checkpoints, _ = align_tied_heads(inputs.checkpoints)
         keys = _check_compatible(inputs.checkpoints, inputs.base)
@@ -272,6 +274,7 @@ def search(
     test_scorers: Sequence[Scorer] | None = None,
     heartbeat_interval: int | None = 30,
     n_boot: int = 2000,
+    fetched: RecipeInputs | None = None,
 ) -> SearchResults:
     """Search the merge weights of a recipe's checkpoints; resume the study when it exists.
 
@@ -291,6 +294,9 @@ def search(
         test_scorers: The same for the test split, with ``scorers`` (``None``: no test scores).
         heartbeat_interval: Seconds between heartbeats of running trials (RDB storages).
         n_boot: Resamples of the paired bootstrap.
+        fetched: The recipe's checkpoints already resolved and downloaded
+            (:func:`~hf_recycle.recipe_inputs.fetch_recipe_inputs`; ``hf-recycle run`` passes
+            them): nothing is resolved or downloaded again.
 
     Returns:
         The :class:`~hf_recycle._search.outcome.SearchResults`, also written to ``results.json``
@@ -308,6 +314,7 @@ def search(
         scorers=scorers,
         endpoint=endpoint,
         token=token,
+        fetched=fetched,
     )
     recipe = setup.recipe
     spec = recipe.search

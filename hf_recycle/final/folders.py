@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hf_recycle._search.outcome import Candidate, SearchResults
 from hf_recycle.errors import HfRecycleError
-from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.hub.pins import Fetched, PinnedCheckpoint
 from hf_recycle.portable import PortableNames
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ def finish_model_folder(
     member: int | None,
     results: SearchResults,
     recipe: Any,
-    pins: list[PinnedCheckpoint],
-    base: PinnedCheckpoint | None,
+    checkpoints: Sequence[Fetched],
+    base: Fetched | None,
     published: Published,
     repo_id: str | None,
     licenses: dict[str, str | None],
@@ -59,7 +60,8 @@ def finish_model_folder(
 ) -> None:
     """Merge one entry into ``folder`` and write its lock file, results, recipe and model card.
 
-    Everything but the weights names local things portably (the folder is what gets pushed).
+    The merge reads the checkpoints (and base) from the folders they were fetched to. Everything
+    but the weights names local things portably (the folder is what gets pushed).
     """
     from hf_recycle._merge.output_folder import MERGE_CONFIG_FILE
     from hf_recycle._search.report import write_results
@@ -67,10 +69,12 @@ def finish_model_folder(
     from hf_recycle.final.merge import merge_entry
     from hf_recycle.hub.lock import write_lock
 
+    pins = [c.pin for c in checkpoints]
+    base_pin = base.pin if base is not None else None
     merge_entry(
         entry,
         results.merge,
-        pins,
+        checkpoints,
         folder,
         base=base,
         dtype=recipe.merge.dtype,
@@ -84,7 +88,7 @@ def finish_model_folder(
     write_lock(published.pins, folder, base=published.base)
     config = folder / MERGE_CONFIG_FILE
     if config.is_file():
-        data = published.names.merge_config(json.loads(config.read_text(encoding="utf-8")), pins, base)
+        data = published.names.merge_config(json.loads(config.read_text(encoding="utf-8")), pins, base_pin)
         config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     write_results(folder, published.results.to_json())
     if (out / "plots").is_dir():

@@ -22,7 +22,7 @@ from typing import Any
 
 from hf_recycle._search.outcome import Candidate
 from hf_recycle.errors import MergeConfigError
-from hf_recycle.hub.pins import PinnedCheckpoint
+from hf_recycle.hub.pins import Fetched, PinnedCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,10 @@ def _record(entry: Candidate, merge_info: Mapping[str, Any], pins: Sequence[Pinn
 def merge_entry(
     entry: Candidate,
     merge_info: Mapping[str, Any],
-    pins: Sequence[PinnedCheckpoint],
+    pins: Sequence[PinnedCheckpoint | Fetched],
     output: str | Path,
     *,
-    base: PinnedCheckpoint | None = None,
+    base: PinnedCheckpoint | Fetched | None = None,
     dtype: str = "auto",
     device: str = "auto",
     max_shard_size: str | int = "5GB",
@@ -91,9 +91,10 @@ def merge_entry(
         entry: ``results.winner`` or a member of ``results.pareto`` (its ``weights``, and
             ``layer_weights`` / ``density`` when searched).
         merge_info: ``results.merge``: method, lambda, normalize, density, seed.
-        pins: The pinned checkpoints, in the order of the weights.
+        pins: The pinned checkpoints, in the order of the weights (:class:`~hf_recycle.hub.pins.Fetched`
+            ones are read from their folders; pins are downloaded, from the cache when there).
         output: The folder to write (replaced when it holds another merge).
-        base: The pinned base (task-vector methods, LoRA inputs).
+        base: The pinned base (task-vector methods, LoRA inputs), fetched or not.
         dtype: Output dtype (``merge.dtype`` of the recipe).
         device: Where the arithmetic runs.
         max_shard_size: Cap on one output shard.
@@ -106,7 +107,9 @@ def merge_entry(
         ``True`` when a merge ran, ``False`` when ``output`` already held this exact merge.
     """
     output = Path(output)
-    record = _record(entry, merge_info, pins, base, dtype)
+    record = _record(
+        entry, merge_info, [_pin(p) for p in pins], _pin(base) if base is not None else None, dtype
+    )
     marker = output / FINAL_RECORD
     if marker.is_file():
         try:
@@ -139,6 +142,10 @@ def merge_entry(
     merge(list(pins), output, weights=weights, base=base, overwrite=True, **kwargs)
     marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return True
+
+
+def _pin(item: PinnedCheckpoint | Fetched) -> PinnedCheckpoint:
+    return item.pin if isinstance(item, Fetched) else item
 
 
 def _layers_per_group(groups: Sequence[str]) -> int | None:

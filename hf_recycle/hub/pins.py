@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 CheckpointKind = Literal["full", "lora"]
@@ -94,3 +95,24 @@ def _spec_of(repo_id: str | None, revision: str | None, subfolder: str | None, p
         return str(path)
     spec = repo_id if revision is None else f"{repo_id}@{revision}"
     return f"{spec}:{subfolder}" if subfolder else spec
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A checkpoint resolved and on this machine: its pin and its local folder.
+
+    Anything that takes a checkpoint spec (``merge``, ``open_inputs``) takes one and
+    neither resolves nor downloads it again.
+
+    Attributes:
+        pin: The pinned checkpoint (what lock files and cards record).
+        path: Its local folder (the Hub cache's snapshot folder, or the local folder itself).
+    """
+
+    pin: PinnedCheckpoint
+    path: Path
+
+    @property
+    def spec(self) -> str:
+        """The expanded spec (:attr:`PinnedCheckpoint.spec`)."""
+        return self.pin.spec
