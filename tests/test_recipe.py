@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from hf_recycle._score.kinds import KIND_NAMES
+from hf_recycle._search.samplers import SAMPLERS
 from hf_recycle.cli import main
 from hf_recycle.errors import RecipeError
 from hf_recycle.recipe import Recipe
@@ -57,6 +59,12 @@ def test_good_recipe_loads():
     assert recipe.output_dir == Path("outputs/ok")
 
 
+def _one_of(names) -> str:
+    """pydantic's list of allowed values: 'a', 'b' or 'c'."""
+    quoted = [f"'{n}'" for n in names]
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
+
+
 def test_every_kind_of_problem_is_reported_at_once_with_its_line():
     text = """\
 name: bad
@@ -84,14 +92,14 @@ push: {repo: "not a repo"}
         "checkpoints[1]": (2, "valid string"),
         "base": (3, "empty revision"),
         "merge.dtype": (4, "'bfloat16'"),
-        "search.sampler": (6, "'cmaes', 'tpe', 'gp', 'random' or 'nsga2'"),
+        "search.sampler": (6, _one_of(SAMPLERS)),  # every registered sampler named
         "search.trials": (7, "valid integer"),
         "search.objective": (8, "at least 2 tasks"),  # cross-field, reported though other fields are invalid
         "search.granularity": (9, "layers:N"),
         "search.typo_key": (10, "unknown key"),
         "tasks[0].target": (12, "required field is missing"),
         "tasks[0].search_split": (14, "not a split expression"),
-        "tasks[0].kind": (15, "'generate', 'choice', 'loglikelihood' or 'perplexity'"),
+        "tasks[0].kind": (15, _one_of(KIND_NAMES)),
         "output.shard_size": (17, "unknown key"),
         "push.repo": (18, "not a repo id"),
     }

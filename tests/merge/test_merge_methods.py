@@ -35,12 +35,13 @@ def _blockwise(method, tensors, weights, base, params, key, rows_per_block):
 
 
 def test_registry_metadata():
-    assert set(METHODS) == {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"}
+    built_in = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+    assert set(built_in) <= set(METHODS)  # (a method added since is one more module and its own test)
     for method in METHODS.values():
-        assert method.pretty_name and method.reference_url.startswith("https://arxiv.org/")
+        assert method.pretty_name and method.reference_url.startswith("https://")
     assert not METHODS["linear"].needs_base and METHODS["ties"].needs_base
     # mergekit's defaults
-    assert {n: m.default_normalize for n, m in METHODS.items()} == {
+    assert {n: METHODS[n].default_normalize for n in built_in} == {
         "linear": True, "task_arithmetic": False, "ties": True, "dare_linear": False, "dare_ties": False,
     }  # fmt: skip
     with pytest.raises(MergeConfigError, match="unknown merge method 'slerp'"):
