@@ -251,7 +251,12 @@ def estimate_needs(
 
     from hf_recycle._merge.lora import LoraSource
     from hf_recycle._merge.methods import get_method, resolve_params
-    from hf_recycle._merge.streaming import CPU_BLOCK_ELEMENTS, CUDA_BLOCK_ELEMENTS, default_workers
+    from hf_recycle._merge.streaming import (
+        CPU_BLOCK_ELEMENTS,
+        CUDA_BLOCK_ELEMENTS,
+        LOW_RANK_MAX_BLOCK_ELEMENTS,
+        default_workers,
+    )
     from hf_recycle._search.host_tier import HOST_CHUNK_ELEMENTS
     from hf_recycle._search.lora_candidate import varying_keys
 
@@ -289,8 +294,8 @@ def estimate_needs(
     needs_stats = merge_method.needs_stats(params)
     if needs_stats:  # the whole-tensor |τ| and its threshold pass
         stream_buffers += max_numel * 4
-    if lora:  # ΔW of the largest tensor, computed in float32
-        stream_buffers += 2 * max_numel * 4
+    if lora:  # per worker, a tensor with LoRA deltas comes in taller blocks: float32 sum, input, cast output
+        stream_buffers += default_workers(device) * min(max_numel, LOW_RANK_MAX_BLOCK_ELEMENTS) * 3 * 4
     read = sum(s.nbytes(k) for s in rows if not isinstance(s, LoraSource) for k in keys)
     if lora:
         read += base_once + sum(_adapter_file_bytes(s) for s in sources if isinstance(s, LoraSource))
