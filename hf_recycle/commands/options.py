@@ -42,6 +42,19 @@ def add_dtype(parser: argparse.ArgumentParser, *, help: str) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=help)
 
 
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``--engine NAME``: the scoring engine, one of the engine registry's (no torch is imported)."""
+    from hf_recycle._score.engines import ENGINES
+
+    parser.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        metavar="NAME",
+        help=f"scoring engine: {' or '.join(ENGINES)} (default: the recipe's engine:, else hf; "
+        "vllm needs make install-vllm)",
+    )
+
+
 def add_output(parser: argparse.ArgumentParser, *, required: bool = False, help: str) -> None:
     """``--output/-o DIR``."""
     parser.add_argument("--output", "-o", required=required, metavar="DIR", help=help)

@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     options.add_output(parser, help="output folder (default: the recipe's output.dir)")
     options.add_endpoint(parser, default="the recipe's endpoint, else HF_ENDPOINT, else huggingface.co")
     options.add_device(parser, default=None, help="where the search's live model runs")
+    options.add_engine(parser)
     parser.set_defaults(func=run)
 
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output,
         device=args.device,
         progress=not getattr(args, "quiet", False),
+        engine=args.engine,
     )
     if args.dry_run:
         print(outcome.describe())

@@ -11,8 +11,9 @@ EPILOG = """\
 examples:
   hf-recycle score ./outputs/demo/merged --recipe recipes/demo.yaml
   hf-recycle score org/run@main:checkpoint-500 --recipe tasks.yaml --split test --json
+  hf-recycle score ./outputs/demo/merged --recipe recipes/demo.yaml --engine vllm
 
-Only the recipe's tasks: section is read. --json prints
+Only the recipe's tasks: and engine: sections are read. --json prints
 {"scores": {"<task>": value, ...}, "mean": value}, where mean is the task-weighted
 average with lower-is-better tasks (perplexity) entering as -value.
 """
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     options.add_device(parser, default="auto", help="where the model runs (default: CUDA when present)")
     options.add_dtype(parser, help="default: bfloat16 on GPU, float32 on CPU")
+    options.add_engine(parser)
     options.add_endpoint(parser)
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.set_defaults(func=run)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         endpoint=args.endpoint,
+        engine=args.engine,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

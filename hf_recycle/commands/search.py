@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     options.add_output(parser, help="output folder (default: the recipe's output.dir)")
     options.add_device(parser, default=None, help="where the live model runs")
+    options.add_engine(parser)
     options.add_endpoint(parser, default="the recipe's endpoint, else HF_ENDPOINT, else huggingface.co")
     parser.add_argument(
         "--create-only",
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         trials=args.trials,
         device=args.device,
         progress=not getattr(args, "quiet", False),
+        engine=args.engine,
         **where,
     )
     if args.json:

@@ -1,4 +1,4 @@
-"""The scoring-engine extension point: registry, contract, and the transformers engine against plain forwards."""
+"""The scoring-engine extension point: registry, contract, and the hf engine against plain forwards."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hf_recycle._score.engines.transformers import TransformersEngine
 from hf_recycle.errors import TaskError
 
 
-def test_registry_finds_the_transformers_engine_without_torch():
-    assert ENGINES["transformers"] is TransformersEngine
-    with pytest.raises(TaskError, match="unknown scoring engine 'vllm2': use one of transformers"):
+def test_registry_finds_the_engines_without_torch():
+    assert ENGINES["hf"] is TransformersEngine and list(ENGINES)[:2] == ["hf", "vllm"]
+    with pytest.raises(TaskError, match="unknown scoring engine 'vllm2': use one of hf, vllm"):
         get_engine("vllm2")
     code = "import sys, hf_recycle._score.engines; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -26,7 +26,7 @@ def test_transformers_engine_scores_per_example_against_plain_forwards(tmp_path,
     rows = text_rows(12, seed=4)
     ll = jsonl_task(tmp_path, rows, name="ll", kind="loglikelihood", prompt="{q}|", target="{a}")
     ppl = ll.model_copy(update={"name": "ppl", "kind": "perplexity", "weight": 2.0})
-    engine = get_engine("transformers").build(char_tokenizer, [ll, ppl], "search", tmp_path)
+    engine = get_engine("hf").build(char_tokenizer, [ll, ppl], "search", tmp_path)
     assert isinstance(engine, ScoringEngine) and as_engine(engine) is engine
     assert [(t.name, t.weight, t.higher_is_better, t.num_examples) for t in engine.tasks] == [
         ("ll", 1.0, True, 12),

@@ -1,4 +1,4 @@
-"""``transformers``: the reference engine, the live ``transformers`` model run task by task.
+"""``hf``: the reference engine, the live ``transformers`` model run task by task.
 
 Each task is a :class:`~hf_recycle._score.scorer.TaskScorer` (data encoded once, batched
 forward passes or greedy generation on the live model). The model's parameters are the
@@ -22,7 +22,7 @@ class TransformersEngine(ScoringEngine):
             ``num_examples`` and ``score(model, limit=None, resume=None)``.
     """
 
-    name = "transformers"
+    name = "hf"
 
     def __init__(self, scorers: Sequence[Any]) -> None:
         if not scorers:
