@@ -236,7 +236,7 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
         args = dict(base=inputs.base, method="linear", dtype="bfloat16", device=device)
         start = time.perf_counter()
         if plan.tier == "disk":
-            model = StreamedModel(inputs.checkpoints, **args)
+            model = StreamedModel(inputs.checkpoints, keep_factors=plan.keep_factors, **args)
         else:
             model = ResidentModel(inputs.checkpoints, resident_device=plan.resident_device, **args)
         build_s = time.perf_counter() - start

@@ -33,7 +33,7 @@ import torch
 
 from hf_recycle._merge.compat import align_tied_heads, check_compatible
 from hf_recycle._merge.methods import GroupWeights, MergeMethod, MethodParams, TensorStats, Workspace
-from hf_recycle._merge.sources import TensorSource
+from hf_recycle._merge.sources import LowRankForm, TensorSource
 from hf_recycle._merge.writer import ShardedSafetensorsWriter, TensorEntry
 from hf_recycle.errors import NonFiniteError
 from hf_recycle.units import dtype_name
@@ -122,6 +122,9 @@ class StreamingMerger:
         extra_sources: Sources checked for compatibility but not read (a base given to linear).
         block_elements: Elements per block of rows (default depends on the device).
         workers: Worker threads (default: :func:`default_workers`).
+        low_rank_cache: A dict kept by the caller across merges of the same inputs (the
+            search's disk tier, one merge per trial): each adapter's float32 factors are read
+            from its file and converted once, then taken from it (``None``: read every time).
 
     Raises:
         IncompatibleCheckpointsError: Different architectures or tensor names.
@@ -142,8 +145,10 @@ class StreamingMerger:
         extra_sources: Sequence[TensorSource] = (),
         block_elements: int | None = None,
         workers: int | None = None,
+        low_rank_cache: dict[tuple[str, int], LowRankForm | None] | None = None,
     ) -> None:
         self.method = method
+        self.low_rank_cache = low_rank_cache
         self.params = params
         self.out_dtype = out_dtype
         self.device = torch.device(device)
@@ -363,7 +368,7 @@ class StreamingMerger:
         stats = self._tensor_stats(entry) if self.method.needs_stats(self.params) else None
         plan = _TensorPlan(list(self.checkpoints), weights, self.base, stats)
         if self.method.weighted_sum:
-            _fold_low_rank(plan, entry.key, self.device, self.params.normalize)
+            _fold_low_rank(plan, entry.key, self.device, self.params.normalize, self.low_rank_cache)
         return plan
 
     def _tensor_stats(self, entry: TensorEntry) -> TensorStats:
@@ -389,20 +394,32 @@ class StreamingMerger:
         return TensorStats(tuple(thresholds))
 
 
-def _fold_low_rank(plan: _TensorPlan, key: str, device: torch.device, normalize: bool) -> None:
+def _fold_low_rank(
+    plan: _TensorPlan,
+    key: str,
+    device: torch.device,
+    normalize: bool,
+    cache: dict[tuple[str, int], LowRankForm | None] | None = None,
+) -> None:
     """Rewrite a weighted-sum plan so that inputs over one base read that base once.
 
     Σ wᵢ(b + UᵢVᵢ) = (Σ wᵢ)·b + Σ wᵢUᵢVᵢ: each base becomes one input with the sum of its
     inputs' weights, and the deltas (divided by the total weight when normalizing, as the
-    combined block is) become one pair of concatenated factors.
+    combined block is) become one pair of concatenated factors. ``cache`` keeps each
+    input's form (its factors) for the next merge of the same inputs.
     """
     sources: list[TensorSource] = []
     weights: list[float] = []
     slot_of: dict[int, int] = {}
     deltas: list[tuple[float, torch.Tensor, torch.Tensor]] = []
     folded = False
-    for source, weight in zip(plan.sources, plan.weights, strict=True):
-        form = source.low_rank_form(key, device)
+    for index, (source, weight) in enumerate(zip(plan.sources, plan.weights, strict=True)):
+        if cache is None:
+            form = source.low_rank_form(key, device)
+        elif (key, index) in cache:
+            form = cache[(key, index)]
+        else:
+            form = cache[(key, index)] = source.low_rank_form(key, device)
         if form is None:
             sources.append(source)
             weights.append(weight)

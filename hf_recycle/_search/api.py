@@ -347,7 +347,9 @@ def search(
             group_of=group_of,
         )
         if memory.tier == "disk":
-            resident: Any = StreamedModel(setup.inputs.checkpoints, **model_args)
+            resident: Any = StreamedModel(
+                setup.inputs.checkpoints, keep_factors=memory.keep_factors, **model_args
+            )
         else:
             resident = ResidentModel(
                 setup.inputs.checkpoints, resident_device=memory.resident_device, **model_args

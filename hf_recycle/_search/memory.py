@@ -183,6 +183,10 @@ class MemoryNeeds:
         lora: Whether the inputs are LoRA adapters (stacks estimated as base once + factors).
         pipeline_bytes: The host tier's pinned chunk buffers (two per dtype sent to the GPU).
         live_itemsize: Bytes per element of the live model's dtype.
+        factor_bytes: The LoRA adapters' factors in float32, which the disk tier keeps across
+            trials when they fit (the resident tiers count them in ``stack_bytes``).
+        factor_read: Bytes of the adapter files, part of ``stream_read`` (not re-read per
+            trial when the disk tier keeps the factors).
     """
 
     rows: int
@@ -194,6 +198,8 @@ class MemoryNeeds:
     lora: bool
     pipeline_bytes: int = 0
     live_itemsize: int = 4
+    factor_bytes: int = 0
+    factor_read: int = 0
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -297,14 +303,28 @@ def estimate_needs(
     if lora:  # per worker, a tensor with LoRA deltas comes in taller blocks: float32 sum, input, cast output
         stream_buffers += default_workers(device) * min(max_numel, LOW_RANK_MAX_BLOCK_ELEMENTS) * 3 * 4
     read = sum(s.nbytes(k) for s in rows if not isinstance(s, LoraSource) for k in keys)
+    factor_bytes = factor_read = 0
     if lora:
-        read += base_once + sum(_adapter_file_bytes(s) for s in sources if isinstance(s, LoraSource))
+        adapters = [s for s in sources if isinstance(s, LoraSource)]
+        factor_bytes = sum(_adapter_bytes(s) for s in adapters)
+        factor_read = sum(_adapter_file_bytes(s) for s in adapters)
+        read += base_once + factor_read
     if needs_stats:
         read *= 2
     chunk = min(HOST_CHUNK_ELEMENTS, max_numel)
     pipeline = 2 * chunk * live_dtype.itemsize  # float32 sums are sent as is, others cast first
     return MemoryNeeds(
-        len(rows), live, stacks, resident_buffers, stream_buffers, read, lora, pipeline, live_dtype.itemsize
+        len(rows),
+        live,
+        stacks,
+        resident_buffers,
+        stream_buffers,
+        read,
+        lora,
+        pipeline,
+        live_dtype.itemsize,
+        factor_bytes,
+        factor_read if merge_method.weighted_sum else 0,
     )
 
 
@@ -326,6 +346,8 @@ class MemoryPlan:
         fits: Whether the chosen tier fits (a forced tier may not).
         bytes_per_trial: Bytes each trial reads: from the stacks (device, host), from the
             checkpoint files (disk).
+        keep_factors: The disk tier keeps the LoRA adapters' factors across trials (they fit
+            next to it), so a trial reads only the base's tensors and the full checkpoints.
     """
 
     tier: str
@@ -337,6 +359,7 @@ class MemoryPlan:
     requested: str
     fits: bool
     bytes_per_trial: int
+    keep_factors: bool = False
 
     @property
     def resident_device(self) -> str | None:
@@ -358,7 +381,8 @@ class MemoryPlan:
             f"memory plan: tier {tier}, {how}{'' if self.fits else ' (it does NOT fit: expect to be killed)'}",
             f"  live model on {self.live_device}: {_gb(n.live_bytes)}",
             f"  stacks ({stacks}): {_gb(n.stack_bytes)}, resident buffers {_gb(n.resident_buffers)}",
-            f"  disk tier buffers: {_gb(n.stream_buffers)}",
+            f"  disk tier buffers: {_gb(n.stream_buffers)}"
+            + (f", adapter factors kept across trials: {_gb(n.factor_bytes)}" if self.keep_factors else ""),
             f"  host memory available: {_gb(self.host_available)} ({self.host_source}); "
             f"a plan uses at most {HEADROOM:.0%} of it",
         ]
@@ -442,8 +466,9 @@ def plan_memory(
         gpu_free, _ = torch.cuda.mem_get_info(torch.device(device))
     costs = _tier_costs(needs, on_gpu)
 
-    def fits(tier: str) -> bool:
+    def fits(tier: str, extra: int = 0) -> bool:
         host_bytes, gpu_bytes = costs[tier]
+        host_bytes, gpu_bytes = (host_bytes, gpu_bytes + extra) if on_gpu else (host_bytes + extra, gpu_bytes)
         return (host is None or host_bytes <= HEADROOM * host) and (
             gpu_free is None or gpu_bytes <= HEADROOM * gpu_free
         )
@@ -458,8 +483,14 @@ def plan_memory(
         tier = fitting[0]
     else:
         tier = "device" if resident == "host" and not on_gpu else resident
-    per_trial = needs.stream_read if tier == "disk" else needs.stack_bytes
-    plan = MemoryPlan(tier, device, needs, host, host_source, gpu_free, resident, fits(tier), per_trial)
+    # the disk tier keeps the adapters' factors (read and converted once) when they fit beside it
+    keep_factors = tier == "disk" and needs.factor_read > 0 and fits(tier, needs.factor_bytes)
+    per_trial = needs.stack_bytes
+    if tier == "disk":
+        per_trial = needs.stream_read - (needs.factor_read if keep_factors else 0)
+    plan = MemoryPlan(
+        tier, device, needs, host, host_source, gpu_free, resident, fits(tier), per_trial, keep_factors
+    )
     if not plan.fits:
         logger.warning(
             "search.resident '%s' does not fit the memory the process has:\n%s", tier, plan.describe()

@@ -34,14 +34,22 @@ class StreamedModel(LiveModel):
     Takes the arguments of :class:`~hf_recycle._search.live.LiveModel` and gives the same
     candidates as :class:`~hf_recycle._search.resident.ResidentModel`.
 
+    Args:
+        keep_factors: Keep the LoRA adapters' float32 factors after the first trial reads
+            them (:attr:`~hf_recycle._search.memory.MemoryPlan.keep_factors` says whether
+            they fit), instead of reading and converting them every trial.
+
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
         names: Names of the tensors rewritten per candidate, in model order.
         bytes_read: Bytes read from the checkpoints by every :meth:`set_weights` so far.
     """
 
-    def __init__(self, sources: Sequence[TensorSource], **options: Any) -> None:
+    def __init__(
+        self, sources: Sequence[TensorSource], *, keep_factors: bool = False, **options: Any
+    ) -> None:
         super().__init__(sources, **options)
+        self._factors: dict[tuple[str, int], Any] | None = {} if keep_factors else None
         self._group_by_name = dict(zip(self.names, self._group, strict=True))
         self.sources = list(sources)
         self.bytes_read = 0
@@ -79,6 +87,7 @@ class StreamedModel(LiveModel):
             params,
             out_dtype=self.dtype,
             device=self.device,
+            low_rank_cache=self._factors,
         )
         with torch.no_grad():  # tensors no candidate changes are written by the first trial only
             merger.stream(self, keys=self._varying if self._written_once else None)

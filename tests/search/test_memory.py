@@ -372,3 +372,62 @@ def test_too_big_advice_fits_the_run(llama_pool_bf16):
     with pytest.raises(SearchMemoryError) as gpu:
         plan_memory(sources, None, method="linear", device="cuda", memory_limit=10 * GB, gpu_free=1000)
     assert "of GPU memory" in str(gpu.value) and "merge.device: cpu, or --device cpu" in str(gpu.value)
+
+
+def test_disk_tier_keeps_lora_factors_when_they_fit(llama_pool, tmp_path, monkeypatch):
+    """The disk tier reads and converts the adapters' factors once when the plan has room for them,
+    writes the same candidates, and plans (and reads) the base's tensors only per trial."""
+    import warnings
+
+    import torch
+
+    from hf_recycle._merge.inputs import open_inputs
+    from hf_recycle._merge.lora import LoraSource
+    from hf_recycle._search.streamed import StreamedModel
+    from hf_recycle.testing.models import build_lora_adapter
+
+    base_dir, _ = llama_pool
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = [
+            str(
+                build_lora_adapter(
+                    base_dir, tmp_path / f"a{i}", r=4, target_modules=["q_proj", "v_proj"], seed=i
+                )
+            )
+            for i in range(3)
+        ]
+    inputs = open_inputs(paths, base=str(base_dir))
+    needs = estimate_needs(inputs.checkpoints, inputs.base, method="linear")
+    files = sum(Path(p, "adapter_model.safetensors").stat().st_size for p in paths)
+    assert needs.factor_read == files and needs.factor_bytes >= files - 3 * 10**4  # float32 factors
+    room = needs.live_bytes + needs.stream_buffers
+    plan = plan_memory(
+        inputs.checkpoints, inputs.base, method="linear", resident="disk", memory_limit=10 * GB
+    )
+    assert plan.keep_factors and plan.bytes_per_trial == needs.stream_read - files
+    assert "adapter factors kept across trials" in plan.describe()
+    tight = int((room + needs.factor_bytes // 2) / HEADROOM)  # the disk tier fits, the factors do not
+    plan = plan_memory(inputs.checkpoints, inputs.base, method="linear", resident="disk", memory_limit=tight)
+    assert plan.fits and not plan.keep_factors and plan.bytes_per_trial == needs.stream_read
+    ties = plan_memory(inputs.checkpoints, inputs.base, method="ties", resident="disk", memory_limit=10 * GB)
+    assert not ties.keep_factors  # TIES reads each adapter's dense ΔW: no factors to keep
+
+    calls = []
+    original = LoraSource.low_rank_form
+    monkeypatch.setattr(
+        LoraSource,
+        "low_rank_form",
+        lambda self, key, device="cpu": calls.append(key) or original(self, key, device),
+    )
+    kept = StreamedModel(inputs.checkpoints, keep_factors=True, device="cpu")
+    fresh = StreamedModel(open_inputs(paths, base=str(base_dir)).checkpoints, device="cpu")
+    for trial, weights in enumerate(([0.5, 0.3, 0.2], [0.2, 0.0, 0.8], [1.0, 2.0, 3.0])):
+        calls.clear()
+        kept.set_weights(weights)
+        assert bool(calls) == (trial == 0)  # the factors are read by the first trial only
+        fresh.set_weights(weights)
+        assert calls  # ... and every trial without keep_factors
+        ours, reference = dict(kept.model.named_parameters()), dict(fresh.model.named_parameters())
+        for name, param in reference.items():
+            assert torch.equal(ours[name], param), name
