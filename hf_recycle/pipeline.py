@@ -8,7 +8,8 @@ results and model card next to the weights -> push when asked.
 Layout of ``output.dir`` (``outputs/<name>`` by default)::
 
     study.db  results.json  results.md  plots/  checkpoints.lock.json   the search
-    model/                       the merged winner: a folder ready for the Hub
+    model/                       the merged winner: a folder ready for the Hub (the baseline the
+                                 search returned when no optimized merge beat it: results.selection)
     pareto/trial-<N>/            objective pareto: one such folder per front member
 
 Every model folder holds the weights (safetensors shards), ``config.json``, the tokenizer,
@@ -362,8 +363,10 @@ def run(
         members = results.pareto
         order = sorted(range(len(members)), key=lambda i: members[i].trial != results.winner.trial)
         entries = [(out / PARETO_DIRNAME / f"trial-{members[i].trial}", members[i], i) for i in order]
-    else:
-        entries = [(out / MODEL_DIRNAME, results.winner, None)]
+    if results.baseline_returned or not any(entry.trial == results.winner.trial for _, entry, _ in entries):
+        # the winner (the first folder, pushed to push.branch): for pareto, a baseline that no
+        # front member beat (results.selection)
+        entries.insert(0, (out / MODEL_DIRNAME, results.winner, None))
 
     names = names or PortableNames((base_dir, Path.cwd()))
     published = Published(

@@ -152,12 +152,17 @@ class PortableNames:
         tasks = [
             task.model_copy(
                 update={
-                    "data": task.data.model_copy(
+                    "data": task.data
+                    and task.data.model_copy(
                         update={
                             "path": self.path(task.data.path),
                             "data_files": self.value(task.data.data_files),
                             "data_dir": self.value(task.data.data_dir),
                         }
+                    ),
+                    "lm_eval": task.lm_eval
+                    and task.lm_eval.model_copy(
+                        update={"include_path": self.value(task.lm_eval.include_path)}
                     ),
                     "metric": self.value(task.metric),
                 }
@@ -189,7 +194,9 @@ class PortableNames:
         if getattr(recipe, "card", None) is not None:
             paths.append(recipe.card.template)
         for task in recipe.tasks:
-            paths += [task.data.path, task.data.data_files, task.data.data_dir, task.metric]
+            if task.data is not None:
+                paths += [task.data.path, task.data.data_files, task.data.data_dir]
+            paths += [task.metric, task.lm_eval and task.lm_eval.include_path]
         for value in _strings(paths):
             portable = self.value(value)
             if portable != value:

@@ -8,6 +8,8 @@ module checks what needs the machine:
   first row holds every field the prompt, target and options name;
 - each metric is bundled, a local file or in the evaluate cache (a warning when it
   will be downloaded, an error when the Hub is offline);
+- each ``lm_eval`` task exists, offline (in lm-eval's registry or under its ``include_path``),
+  and reports the metric key the recipe names;
 - local checkpoint folders exist and hold weights;
 - the trials cover the baselines when the specs say how many checkpoints there are.
   A glob (``org/run@step-*``) is counted only by resolving it: :func:`check_resolved`
@@ -35,6 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hf_recycle._score.kinds import KINDS
 from hf_recycle._score.tasks import TaskSpec, template_fields
 from hf_recycle.errors import RecipeError, SearchError, SpecError
 from hf_recycle.recipe import ParsedRecipe, Problem, Recipe, SearchSpec, field_name, parse_recipe
@@ -341,6 +344,10 @@ class _DataFile:
 
 
 def _check_task(report: PreflightReport, i: int, task: TaskSpec, base_dir: Path) -> None:
+    kind = KINDS[task.kind]
+    if not kind.uses_templates:  # it brings its own data and metric (lm_eval: the task and metric key exist)
+        report.errors += [(("tasks", i, *loc), msg) for loc, msg in kind.file_problems(task, base_dir)]
+        return
     _check_data(report, ("tasks", i), task, base_dir)
     _check_metric(report, ("tasks", i, "metric"), task, base_dir)
 
@@ -418,7 +425,7 @@ def _check_data(report: PreflightReport, loc: tuple[Any, ...], task: TaskSpec, b
                 )
             )
     used: list[str] = []
-    for key in ("search_split", "test_split"):
+    for key in ("search_split", "validation_split", "test_split"):
         expression = getattr(task, key)
         for name in _split_names(expression) if expression else []:
             if name not in files:

@@ -86,12 +86,57 @@ class MergeSpec(_Strict):
         return value
 
 
+class SelectSpec(_Strict):
+    """How the returned model is chosen (:mod:`hf_recycle._search.selection`).
+
+    Attributes:
+        top: Optimized trials of best search mean that are tested against the best baseline
+            (and scored on the validation splits when the tasks have them).
+        alpha: Family-wise error rate of those tests (Bonferroni-corrected).
+    """
+
+    top: int = Field(default=5, gt=0)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
+class RacingSpec(_Strict):
+    """How sampled trials are raced on growing prefixes of the search splits (:mod:`hf_recycle._search.racing`).
+
+    Attributes:
+        rungs: Increasing shares of each search split at which a trial may be stopped; the
+            whole split (1.0) always comes last.
+        confidence: One-sided confidence of the optimistic bound that must fall below the best
+            trial for a candidate to stop.
+        min_examples: The fewest examples of each task's prefix a decision rests on (a rung
+            with fewer is skipped).
+    """
+
+    rungs: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5])
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_examples: int = Field(default=20, ge=2)
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, value: list[float]) -> list[float]:
+        example = "e.g. [0.125, 0.25, 0.5]"
+        if any(not 0 < r <= 1 for r in value):
+            raise ValueError(f"each rung is a share of the search split in (0, 1], {example}")
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"the rungs must increase, {example}")
+        kept = [r for r in value if r < 1]  # the whole split always comes last
+        if not kept:
+            raise ValueError(
+                f"needs at least one rung below 1 ({example}); to score every example, set racing: false"
+            )
+        return kept
+
+
 class SearchSpec(_Strict):
     """How the merge weights are searched (Optuna)."""
 
     sampler: SamplerName = "cmaes"
     trials: int = Field(default=40, gt=0)
-    weights: Literal["simplex", "nonnegative", "signed"] = "simplex"
+    weights: Literal["simplex", "simplex_box", "nonnegative", "signed"] = "simplex"
     granularity: str = "model"
     objective: Literal["mean", "pareto"] = "mean"
     storage: str | None = None
@@ -100,9 +145,11 @@ class SearchSpec(_Strict):
     search_density: bool = False
     pruning: bool = False
     pruning_fraction: float = Field(default=0.25, gt=0, lt=1)
+    racing: bool | RacingSpec | None = None  # None: on for objective mean without pruning
     seed: int = 0
     resident: Literal["auto", "device", "host", "disk"] = "auto"
     memory_limit: str | int = "auto"
+    select: SelectSpec = Field(default_factory=SelectSpec)
 
     @field_validator("memory_limit")
     @classmethod
@@ -119,6 +166,15 @@ class SearchSpec(_Strict):
         if not _GRANULARITY_RE.match(value):
             raise ValueError("must be 'model' or 'layers:N' with N a positive integer, e.g. layers:4")
         return value
+
+    @property
+    def racing_spec(self) -> RacingSpec | None:
+        """The racing in effect: ``racing`` unset is on (defaults) for ``mean`` without ``pruning``."""
+        if self.racing is None:
+            return RacingSpec() if self.objective == "mean" and not self.pruning else None
+        if isinstance(self.racing, bool):
+            return RacingSpec() if self.racing else None
+        return self.racing
 
     @property
     def layers_per_group(self) -> int | None:
@@ -389,7 +445,10 @@ def _data_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
 
 
 def _is_type_tag(part: str) -> bool:
-    return "[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none")
+    # a model member of a union (``RacingSpec``) is tagged by its class name; fields are lower case
+    return (
+        "[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none") or part[:1].isupper()
+    )
 
 
 def validation_problems(exc: ValidationError, data: Any) -> list[Problem]:
@@ -435,7 +494,8 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[Problem]:
 
     A task-vector method needs ``base``; ``pareto`` needs at least 2 tasks and a
     multi-objective sampler; task names are unique; splits parse with datasets' split
-    syntax (``train``, ``train[:64]``, ``train[10%:]``, ``a+b``).
+    syntax (``train``, ``train[:64]``, ``train[10%:]``, ``a+b``); every task or none has a
+    ``validation_split``.
     """
     problems: list[Problem] = []
     merge = data.get("merge") if isinstance(data.get("merge"), Mapping) else {}
@@ -464,6 +524,24 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[Problem]:
                 f"multi-objective sampler: set search.sampler to one of {multi}",
             )
         )
+    racing = search.get("racing")
+    if racing is not None and racing is not False:
+        if search.get("objective") == "pareto":
+            problems.append(
+                (
+                    ("search", "racing"),
+                    "racing works with objective 'mean' only (a Pareto search needs every task's full "
+                    "score of every trial): set racing: false or objective: mean",
+                )
+            )
+        if search.get("pruning") is True:
+            problems.append(
+                (
+                    ("search", "racing"),
+                    "racing and pruning both stop trials early: use one (racing: false for the median "
+                    "pruner, or pruning: false)",
+                )
+            )
     seen: dict[str, int] = {}
     for i, task in enumerate(tasks):
         if not isinstance(task, Mapping):
@@ -475,7 +553,7 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[Problem]:
                     ((("tasks", i, "name")), f"task name '{name}' is already used by tasks[{seen[name]}]")
                 )
             seen.setdefault(name, i)
-        for key in ("search_split", "test_split"):
+        for key in ("search_split", "validation_split", "test_split"):
             split = task.get(key)
             why = split_error(split) if isinstance(split, str) and split.strip() else None
             if why:
@@ -486,6 +564,18 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[Problem]:
                         "slice, like train, train[:64], train[64:], validation[:10%] or train+validation",
                     )
                 )
+    validated = [
+        t.get("name") for t in tasks if isinstance(t, Mapping) and t.get("validation_split") is not None
+    ]
+    for i, task in enumerate(tasks):
+        if validated and isinstance(task, Mapping) and task.get("validation_split") is None:
+            problems.append(
+                (
+                    ("tasks", i),
+                    f"task '{task.get('name')}' has no validation_split but task '{validated[0]}' has one: the "
+                    "winner is chosen on the validation splits of every task, so give each task one (or none)",
+                )
+            )
     return problems
 
 

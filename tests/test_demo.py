@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from hf_recycle.demo.pool import DEMO_PLAN, TRUNK, Stage, scaled_plan, train_pool
-from hf_recycle.demo.run import WEIGHT_THRESHOLD, format_summary, summarize
+from hf_recycle.demo.run import WEIGHT_THRESHOLD, format_summary, returned_label, summarize
 from hf_recycle.demo.tasks import (
     SEARCH_SIZE,
     TASK_NAMES,
@@ -110,7 +110,12 @@ def test_summary_counts_weights_and_margins():
     assert summary["beats"] == {"uniform": True, "greedy_soup": False}
     assert summary["margins"]["uniform"] == pytest.approx(0.1)
     text = format_summary(summary)
-    assert "vs greedy soup 0.800: +0.000 (not better)" in text and "3 of 4 checkpoints" in text
+    assert (
+        "optimized merge 0.800 vs greedy soup 0.800: +0.000 (not better)" in text
+        and "3 of 4 checkpoints" in text
+    )
+    results["winner"]["baseline"] = "greedy_soup"  # no optimized merge beat it: the output says so
+    assert "returned: greedy soup 0.800 vs uniform soup" in format_summary(summarize(results))
 
 
 @pytest.mark.slow
@@ -136,12 +141,16 @@ def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert len(winner["weights"]) == len(DEMO_PLAN) and sum(winner["weights"]) == pytest.approx(1.0)
     assert min(winner["weights"]) >= 0
     assert set(saved["baselines"]) == {"uniform", "best_single", "greedy_soup"}
+    returned = winner.get("baseline")
     for entry in [winner, *saved["baselines"].values()]:
         for split in ("search", "test"):
             assert set(entry[split]) == {*TASK_NAMES, "mean"}
             assert all(0.0 <= v <= 1.0 for v in entry[split].values())
-        # the winner is the best trial on the search split, baselines included
-        assert winner["search"]["mean"] >= entry["search"]["mean"]
+    if returned is None:  # an optimized merge beat the best baseline (selection in results.json)
+        assert winner["search"]["mean"] > saved["baselines"][saved["selection"]["baseline"]]["search"]["mean"]
+    else:  # no optimized merge did: the winner is that baseline
+        assert saved["selection"]["baseline_returned"]
+        assert winner["trial"] == saved["baselines"][returned]["trial"]
 
     # pushed to the local Hub, and the pushed model is the one the search measured
     assert result.push_url and f"{REPO_ID}-recycled/commit/" in result.push_url
@@ -157,7 +166,7 @@ def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
     kinds = [row["kind"] for row in result.table]
     assert kinds == ["checkpoint"] * len(DEMO_PLAN) + ["baseline"] * 3 + ["merge"]
     assert any(line.startswith("| model | sorting | reversal | mean |") for line in printed)
-    assert any("**optimized merge**" in line for line in printed)
+    assert any(f"**{returned_label(saved)}**" in line for line in printed)
     assert any(f"checkpoints have merge weight >= {WEIGHT_THRESHOLD:g}" in line for line in printed)
     assert result.summary == summarize(saved)
     demo = json.loads((out / "demo.json").read_text())

@@ -333,8 +333,15 @@ class TaskScorer:
 def build_scorers(
     specs: Sequence[TaskSpec], tokenizer, split: SplitName = "search", base_dir: str | Path | None = None
 ) -> list[TaskScorer]:
-    """One :class:`TaskScorer` per task, in order (data loaded and tokenized now)."""
-    return [TaskScorer(spec, tokenizer, split=split, base_dir=base_dir) for spec in specs]
+    """One scorer per task, in order (data loaded and tokenized now): a :class:`TaskScorer`, or the
+    scorer of a kind that brings its own (``lm_eval``: :class:`~hf_recycle._score.lm_eval_scorer.LmEvalScorer`)."""
+    scorers = []
+    for spec in specs:
+        own = KINDS[spec.kind].build_scorer(spec, tokenizer, split, base_dir)
+        scorers.append(
+            own if own is not None else TaskScorer(spec, tokenizer, split=split, base_dir=base_dir)
+        )
+    return scorers
 
 
 def macro_average(

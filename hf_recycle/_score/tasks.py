@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,7 +43,7 @@ from hf_recycle.errors import TaskError
 
 # The kinds, from their registry (one module each in hf_recycle/_score/kinds/)
 TaskKind = Literal[KIND_NAMES]  # type: ignore[valid-type]
-SplitName = Literal["search", "test"]
+SplitName = Literal["search", "validation", "test"]
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -70,6 +71,48 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(fields)
 
 
+_SLICE_RE = re.compile(r"^(\w+)(?:\[(\d+)?(%?):(\d+)?(%?)\])?$")
+
+
+def _split_range(expression: str) -> tuple[str, float, float, str] | None:
+    """``(split, start, stop, unit)`` of ``name`` or ``name[a:b]`` (``unit`` ``%`` or ``""``; ``name``
+    alone is the whole split, unit ``*``); ``None`` for what is not checked cheaply (``a+b``,
+    negative bounds, rounding options)."""
+    match = _SLICE_RE.match(expression.replace(" ", ""))
+    if match is None:
+        return None
+    name, start, unit_a, stop, unit_b = match.groups()
+    if "[" not in expression:
+        return name, 0.0, math.inf, "*"
+    if start is not None and stop is not None and unit_a != unit_b:
+        return None
+    unit = unit_a or unit_b
+    return name, float(start or 0), float(stop) if stop is not None else (100.0 if unit else math.inf), unit
+
+
+def split_overlap(a: str, b: str | None) -> str | None:
+    """How split expressions ``a`` and ``b`` overlap (``"rows 60 to 63 of 'train' are in both"``), or ``None`` when
+    they are disjoint or cannot be compared without loading the data (``a+b``, mixed units)."""
+    if b is None:
+        return None
+    if a.replace(" ", "") == b.replace(" ", ""):
+        return "the same examples"
+    ra, rb = _split_range(a), _split_range(b)
+    if ra is None or rb is None or ra[0] != rb[0]:
+        return None
+    if "*" in (ra[3], rb[3]):
+        return f"the whole split '{ra[0]}' holds both"
+    if ra[3] != rb[3]:
+        return None
+    low, high = max(ra[1], rb[1]), min(ra[2], rb[2])
+    if low >= high:
+        return None
+    if ra[3] == "%":
+        return f"{ra[0]}[{low:g}%:{high:g}%] is in both"
+    rows = f"rows {low:g} onward" if math.isinf(high) else f"rows {low:g} to {high - 1:g}"
+    return f"{rows} of '{ra[0]}' are in both"
+
+
 class DataSpec(BaseModel):
     """Where a task's examples come from: the arguments of :func:`datasets.load_dataset`.
 
@@ -92,19 +135,48 @@ class DataSpec(BaseModel):
     revision: str | None = None
 
 
+class LmEvalSpec(BaseModel):
+    """An lm-evaluation-harness task (kind ``lm_eval``): lm-eval builds its requests and metrics.
+
+    Attributes:
+        task: The lm-eval task name (``arc_easy``), found offline in lm-eval's registry or
+            under ``include_path``. One task, not a group or a tag.
+        num_fewshot: Few-shot examples per request, as ``lm_eval --num_fewshot`` sets it (a
+            task whose YAML says 0 keeps 0); ``None``: the task's own default, else 0.
+        include_path: A folder of your own task YAMLs (lm-eval's ``--include_path``); a
+            relative path resolves against the recipe's folder.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field(min_length=1)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    include_path: str | None = None
+
+
 class TaskSpec(BaseModel):
     """One scoring task of a recipe.
 
     Attributes:
         name: Unique name of the task; keys the scores.
-        data: Where the examples come from; a bare string is ``{path: <string>}``.
+        data: Where the examples come from; a bare string is ``{path: <string>}``. Required,
+            like ``prompt`` and ``target``, except by ``lm_eval`` (which takes none of them).
         search_split: Examples the search scores candidates on, in datasets' split
             syntax (``train``, ``train[:64]``, ``validation[:10%]``).
         test_split: Held-out examples for the final report; never seen by the search.
+        validation_split: Held-out examples the returned model is chosen on (the best
+            trials of the search and the baselines are scored on them); never seen by the
+            optimizer. Every task of a recipe has one, or none does. It must not overlap the
+            search or test split: slices of one split (``train[:64]``, ``train[64:96]``) are
+            checked, other expressions are the user's responsibility.
         kind: ``generate`` (greedy continuation compared with the target by the metric),
             ``choice`` (the option of highest log-likelihood; accuracy), ``loglikelihood``
             (mean summed log-probability of the target after the prompt; higher is better)
-            or ``perplexity`` (of the target tokens after the prompt; lower is better).
+            or ``perplexity`` (of the target tokens after the prompt; lower is better), or
+            ``lm_eval`` (an lm-evaluation-harness task: ``lm_eval`` names it, ``metric`` is
+            lm-eval's metric key such as ``acc,none``, the splits slice its evaluation
+            documents: ``docs[:200]``; no ``data``, ``prompt`` or ``target``).
+        lm_eval: For ``lm_eval``: the task (:class:`LmEvalSpec`).
         prompt: ``str.format`` template over the example's fields, e.g. ``"{question}="``.
         target: Template of the expected continuation. For ``choice`` it renders the gold
             option: its text, or (when the template is a single integer field) its index.
@@ -126,12 +198,14 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    data: DataSpec
+    data: DataSpec | None  # required, except by a kind without templates (see _kind_without_templates)
     search_split: str = "train"
     test_split: str | None = None
+    validation_split: str | None = None
     kind: TaskKind = "generate"
-    prompt: str
-    target: str
+    lm_eval: LmEvalSpec | None = None
+    prompt: str | None
+    target: str | None
     options: str | None = None
     chat_template: bool = False
     metric: str | None = None
@@ -141,6 +215,15 @@ class TaskSpec(BaseModel):
     stop: tuple[str, ...] = ()
     weight: float = Field(default=1.0, gt=0)
     batch_size: int | Literal["auto"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_without_templates(cls, value: Any) -> Any:
+        """A kind without templates (``lm_eval``) takes no data, prompt or target: absent means None."""
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind in KINDS and not KINDS[kind].uses_templates:
+            value = {"data": None, "prompt": None, "target": None, **value}
+        return value
 
     @field_validator("data", mode="before")
     @classmethod
@@ -159,7 +242,7 @@ class TaskSpec(BaseModel):
             raise ValueError("stop strings must not be empty")
         return value
 
-    @field_validator("search_split", "test_split")
+    @field_validator("search_split", "test_split", "validation_split")
     @classmethod
     def _split_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -168,8 +251,9 @@ class TaskSpec(BaseModel):
 
     @field_validator("prompt", "target")
     @classmethod
-    def _template_parses(cls, value: str) -> str:
-        template_fields(value)
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_fields(value)
         return value
 
     @field_validator("weight")
@@ -193,6 +277,14 @@ class TaskSpec(BaseModel):
             " ", ""
         ):
             problems.append("test_split equals search_split: the test split must be held out")
+        if self.validation_split is not None:
+            for key in ("search_split", "test_split"):
+                overlap = split_overlap(self.validation_split, getattr(self, key))
+                if overlap:
+                    problems.append(
+                        f"validation_split '{self.validation_split}' overlaps {key} '{getattr(self, key)}' "
+                        f"({overlap}): the validation split must be held out from the search and the test"
+                    )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -204,10 +296,11 @@ class TaskSpec(BaseModel):
 
     @property
     def larger_is_better(self) -> bool:
-        """Direction of this task's score: True unless perplexity or told otherwise."""
+        """Direction of this task's score: True unless perplexity (or, for ``lm_eval``, lm-eval's
+        metric says lower is better) or told otherwise."""
         if self.higher_is_better is not None:
             return self.higher_is_better
-        return KINDS[self.kind].higher_is_better
+        return KINDS[self.kind].direction(self)
 
     @property
     def generation_length(self) -> int:
@@ -215,14 +308,21 @@ class TaskSpec(BaseModel):
         return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
 
     def split_expression(self, split: SplitName) -> str:
-        """The datasets split expression of ``split`` (``"search"`` or ``"test"``).
+        """The datasets split expression of ``split`` (``"search"``, ``"validation"`` or ``"test"``).
 
         Raises:
-            TaskError: ``split`` is ``"test"`` and the task has no ``test_split``, or
-                ``split`` is neither name.
+            TaskError: ``split`` is ``"test"`` or ``"validation"`` and the task has no such
+                split, or ``split`` is none of the names.
         """
         if split == "search":
             return self.search_split
+        if split == "validation":
+            if self.validation_split is None:
+                raise TaskError(
+                    f"task '{self.name}' has no validation_split: add one (e.g. validation_split: "
+                    '"train[64:96]"), held out from the search and test splits'
+                )
+            return self.validation_split
         if split == "test":
             if self.test_split is None:
                 raise TaskError(
@@ -230,7 +330,7 @@ class TaskSpec(BaseModel):
                     "or score the search split"
                 )
             return self.test_split
-        raise TaskError(f"split must be 'search' or 'test', got {split!r}")
+        raise TaskError(f"split must be 'search', 'validation' or 'test', got {split!r}")
 
 
 def _unique_names(tasks: list[TaskSpec]) -> list[TaskSpec]:

@@ -2,8 +2,9 @@
 
 :func:`search` resolves the recipe's checkpoints, keeps them resident, runs (or
 resumes) an Optuna study whose trials write candidate merges into one live model
-and score them on the tasks' search splits, then scores the winner and the baselines
-on the test splits and writes ``results.json``, ``results.md``, plots and
+and score them on the tasks' search splits, then chooses the model to return
+(:mod:`~hf_recycle._search.selection`: on the validation splits when the tasks have them),
+scores it and the baselines on the test splits and writes ``results.json``, ``results.md``, plots and
 ``checkpoints.lock.json`` into the output folder. :func:`create_study` makes the study
 in a shared storage before several workers start.
 """
@@ -272,6 +273,7 @@ def search(
     progress: bool = False,
     scorers: Sequence[Scorer] | None = None,
     test_scorers: Sequence[Scorer] | None = None,
+    validation_scorers: Sequence[Scorer] | None = None,
     heartbeat_interval: int | None = 30,
     n_boot: int = 2000,
     fetched: RecipeInputs | None = None,
@@ -293,6 +295,8 @@ def search(
         scorers: A scoring engine (:class:`~hf_recycle._score.engines.ScoringEngine`) or search-split
             scorers to use instead of the recipe's engine built from ``recipe.tasks``.
         test_scorers: The same for the test split, with ``scorers`` (``None``: no test scores).
+        validation_scorers: The same for the validation split, with ``scorers`` (``None``: the
+            winner is chosen on the search split).
         heartbeat_interval: Seconds between heartbeats of running trials (RDB storages).
         n_boot: Resamples of the paired bootstrap.
         fetched: The recipe's checkpoints already resolved and downloaded
@@ -333,7 +337,7 @@ def search(
         )
         logger.info("%s", memory.describe())
         if scorers is None:  # tasks first: bad data or a missing tokenizer fail before the model loads
-            scorers, test_scorers = built = _build_scorers(recipe, setup, engine)
+            scorers, test_scorers, validation_scorers = built = _build_scorers(recipe, setup, engine)
 
         _, group_of = group_tensors(list(_all_keys(setup.inputs.checkpoints)), spec.layers_per_group)
         model_args: dict[str, Any] = dict(
@@ -376,13 +380,27 @@ def search(
             study_name=setup.study_name, storage=storage_obj, sampler=sampler, pruner=pruner
         )
         objective = TrialObjective(
-            setup.space, resident, scorers, spec.objective, spec.pruning_fraction if spec.pruning else None
+            setup.space,
+            resident,
+            scorers,
+            spec.objective,
+            spec.pruning_fraction if spec.pruning else None,
+            racing=spec.racing_spec,
         )
         _run_with_progress(study_obj, setup, objective, lock, progress)
         from hf_recycle._search.results import build_results
         from hf_recycle.hub.lock import write_lock
 
-        results = build_results(study_obj, setup, resident, scorers, test_scorers, n_boot=n_boot)
+        results = build_results(
+            study_obj,
+            setup,
+            resident,
+            scorers,
+            test_scorers,
+            n_boot=n_boot,
+            validation_scorers=validation_scorers,
+            lock=lock,
+        )
         write_lock(setup.pins, setup.output_dir, base=setup.base_pin)
         return results
     except Exception as exc:  # a full disk (results, study, lock): one paragraph, not a traceback
@@ -402,7 +420,8 @@ def _all_keys(sources: Sequence[Any]) -> list[str]:
     return list(sources[0].keys())
 
 
-def _build_scorers(recipe: Any, setup: SearchSetup, engine_name: str | None = None) -> tuple[Any, Any]:
+def _build_scorers(recipe: Any, setup: SearchSetup, engine_name: str | None = None) -> tuple[Any, Any, Any]:
+    """The search, test and validation engines of the recipe's tasks (``None`` for a split they lack)."""
     from hf_recycle._merge.lora import LoraSource
     from hf_recycle._score.api import load_tokenizer
     from hf_recycle._score.engines import get_engine
@@ -439,13 +458,24 @@ def _build_scorers(recipe: Any, setup: SearchSetup, engine_name: str | None = No
     config_dir = next((c for c in candidates if (c / "config.json").is_file()), None)
     where = dict(model_dir=config_dir, tokenizer_dir=folder, load_weights=False, **chosen.options)
     search_engine = engine.build(tokenizer, recipe.tasks, "search", setup.base_dir, **where)
-    missing = [t.name for t in recipe.tasks if t.test_split is None]
-    if missing:
-        logger.warning(
-            "task(s) %s have no test_split: the final report has no test scores", ", ".join(missing)
-        )
-        return search_engine, None
-    return search_engine, engine.build(tokenizer, recipe.tasks, "test", setup.base_dir, **where)
+    built = [search_engine]
+    try:  # the recipe gives every task a validation_split or none
+        if all(t.validation_split is not None for t in recipe.tasks):
+            built.append(engine.build(tokenizer, recipe.tasks, "validation", setup.base_dir, **where))
+        else:
+            built.append(None)
+        missing = [t.name for t in recipe.tasks if t.test_split is None]
+        if missing:
+            logger.warning(
+                "task(s) %s have no test_split: the final report has no test scores", ", ".join(missing)
+            )
+            return search_engine, None, built[1]
+        return search_engine, engine.build(tokenizer, recipe.tasks, "test", setup.base_dir, **where), built[1]
+    except BaseException:
+        for item in built:
+            if item is not None:
+                item.close()
+        raise
 
 
 def _run_with_progress(

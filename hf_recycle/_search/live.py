@@ -38,7 +38,7 @@ def default_normalize(method: str, parameterization: str = "simplex") -> bool:
     """
 
     if method == "linear":
-        return parameterization == "simplex"
+        return parameterization in ("simplex", "simplex_box")
     return get_method(method).default_normalize
 
 

@@ -34,6 +34,9 @@ class Candidate:
             per-layer search).
         search: Task scores on the search split, with ``mean``.
         test: Task scores on the test split, with ``mean`` (``None`` without test splits).
+        validation: Task scores on the validation split, with ``mean``, when it was scored
+            there (``None`` without validation splits, or for a trial not re-scored).
+        baseline: For a winner that is a baseline (no optimized merge beat it): its name.
         layer_weights: Group -> one weight per checkpoint (per-layer searches).
         density: The searched density (``search_density``).
         checkpoint: The best single checkpoint's index (``best_single``).
@@ -54,6 +57,8 @@ class Candidate:
     finished: bool | None = None
     comparison: dict[str, Any] | None = None
     comparisons: dict[str, dict[str, Any]] | None = None
+    validation: dict[str, float] | None = None
+    baseline: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Candidate:
@@ -73,6 +78,8 @@ class Candidate:
             comparisons=copy.deepcopy(dict(data["comparisons"]))
             if data.get("comparisons") is not None
             else None,
+            validation=_scores(data.get("validation")),
+            baseline=str(data["baseline"]) if data.get("baseline") is not None else None,
         )
 
     @property
@@ -114,12 +121,19 @@ class SearchResults(Mapping[str, Any]):
         space: The search space (parameterization, groups, granularity).
         merge: The merge settings (method, lambda, normalize, density, seed).
         tasks: The tasks, in order.
-        winner: The chosen merge.
+        winner: The returned model: an optimized merge, or the baseline none of them beat
+            (``winner.baseline`` names it; see ``selection``).
         baselines: ``uniform`` / ``best_single`` / ``greedy_soup`` -> its candidate.
-        comparison: Winner − the baseline of highest search mean on the test split.
+        comparison: Winner − the reference baseline (highest validation mean, else search mean)
+            on the test split.
         comparisons: Winner − each baseline on the test split (``None`` without test splits).
         pareto: The Pareto front (``objective: pareto``), else empty.
         plots: The PNGs, relative to the output folder.
+        selection: How the winner was chosen (:mod:`hf_recycle._search.selection`); ``None`` in
+            results written before it existed.
+        examples_scored: ``{total, full, trials, method}``: examples the trials scored on the
+            search splits against scoring each on every example (:mod:`hf_recycle._search.racing`);
+            ``None`` in results written before it existed.
     """
 
     name: str
@@ -138,6 +152,8 @@ class SearchResults(Mapping[str, Any]):
     comparisons: dict[str, dict[str, Any]] | None
     pareto: tuple[Candidate, ...]
     plots: tuple[str, ...]
+    selection: dict[str, Any] | None
+    examples_scored: dict[str, Any] | None
     _json: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -182,6 +198,8 @@ class SearchResults(Mapping[str, Any]):
                 comparisons=copy.deepcopy(dict(data["comparisons"])) if data.get("comparisons") else None,
                 pareto=tuple(Candidate.from_json(m) for m in data.get("pareto") or ()),
                 plots=tuple(data.get("plots") or ()),
+                selection=copy.deepcopy(dict(data["selection"])) if data.get("selection") else None,
+                examples_scored=dict(data["examples_scored"]) if data.get("examples_scored") else None,
                 _json=copy.deepcopy(dict(data)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -215,6 +233,11 @@ class SearchResults(Mapping[str, Any]):
 
             raise SearchError(f"results.json has {len(self.pareto)} Pareto member(s): no member #{member}")
         return self.pareto[member]
+
+    @property
+    def baseline_returned(self) -> bool:
+        """Whether the returned model is a baseline: no optimized merge beat it (see ``selection``)."""
+        return self.winner.baseline is not None
 
     @property
     def has_test(self) -> bool:

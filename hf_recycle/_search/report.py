@@ -1,9 +1,9 @@
 """The final report of a search: held-out scores, a paired bootstrap, results.json and results.md.
 
-The winner (each Pareto member for ``pareto``) and the baselines are scored on each
-task's test split. The winner is compared with the best baseline (the baseline of
-highest *search* score, so the choice does not peek at the test split) by a paired
-bootstrap: the test examples of every task are resampled with replacement, the same
+The winner (chosen by :mod:`hf_recycle._search.selection`; each Pareto member for
+``pareto``) and the baselines are scored on each task's test split. The winner is compared
+with the reference baseline (the baseline of highest validation score, else of highest
+*search* score, so the choice does not peek at the test split) by a paired bootstrap: the test examples of every task are resampled with replacement, the same
 indices for both models, and the statistic is the task-weighted macro-average of the
 per-example scores (lower-is-better tasks negated). The interval is the percentile
 interval of the difference winner − baseline.
@@ -167,21 +167,85 @@ def format_comparison(comp: Mapping[str, Any]) -> dict[str, str | None]:
     }
 
 
-def summary_text(results: Mapping[str, Any]) -> str:
-    """The few lines a command prints when a search ends: the winner, then one line per baseline."""
+def chosen_on(results: Mapping[str, Any]) -> str:
+    """The split the reference baseline was chosen on: ``validation`` or ``search``."""
+    return (
+        "validation" if (results.get("comparison") or {}).get("chosen_by") == "validation mean" else "search"
+    )
+
+
+def returned_text(results: Mapping[str, Any]) -> str:
+    """What the search returned, in words: ``optimized merge (trial 36)`` or ``the uniform soup (trial 0)``."""
+    from hf_recycle._search.selection import baseline_label
+
     winner = results["winner"]
-    test = winner.get("test")
-    lines = [
-        f"{results['trials']} complete trials; winner (trial {winner['trial']}): search mean "
-        f"{winner['search']['mean']:.4g}" + (f", test mean {test['mean']:.4g}" if test else "")
+    if winner.get("baseline"):
+        return f"the {baseline_label(winner['baseline'], winner.get('checkpoint'))} (trial {winner['trial']})"
+    return f"optimized merge (trial {winner['trial']})"
+
+
+def summary_text(results: Mapping[str, Any]) -> str:
+    """The few lines a command prints when a search ends: the winner and why, then one line per baseline."""
+    winner = results["winner"]
+    scores = [
+        f"{split} mean {winner[split]['mean']:.4g}"
+        for split in ("search", "validation", "test")
+        if winner.get(split)
     ]
+    what = f"winner (trial {winner['trial']})"
+    if winner.get("baseline"):
+        what = f"returned {returned_text(results)}, not an optimized merge"
+    lines = [f"{results['trials']} complete trials; {what}: " + ", ".join(scores)]
+    selection = results.get("selection")
+    if selection:
+        lines.append(f"why: {selection['chosen_because']}")
     for name, comp, chosen in versus_baselines(results):
         f = format_comparison(comp)
         lines.append(
-            f"vs {name} on test{' (best on search)' if chosen else ''}: {f['difference']} "
+            f"vs {name} on test{f' (best on {chosen_on(results)})' if chosen else ''}: {f['difference']} "
             f"{f['interval']} ({f['confidence']} CI)"
         )
+    if results.get("examples_scored"):
+        from hf_recycle._search.racing import examples_text
+
+        lines.append(examples_text(results["examples_scored"]))
     return "\n".join(lines)
+
+
+def selection_markdown(results: Mapping[str, Any]) -> list[str]:
+    """The lines of results.md that say how the winner was chosen (none for older results)."""
+    selection = results.get("selection")
+    if not selection:
+        return []
+    lines = [
+        "",
+        "## How the winner was chosen",
+        "",
+        f"Returned: {returned_text(results)}. {selection['chosen_because'][:1].upper()}{selection['chosen_because'][1:]}.",
+        "",
+        f"Rule: {selection['rule']} (alpha {format_score(selection['alpha'])}).",
+    ]
+    rows = selection.get("candidates") or []
+    if rows:
+        on_validation = selection["split"] == "validation"
+        reference = selection.get("baseline") or "–"
+        lines += [
+            "",
+            "| trial | search mean | "
+            + ("validation mean | " if on_validation else "")
+            + f"− {reference} | p | beats it |",
+            "|---|---|" + ("---|" if on_validation else "") + "---|---|---|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['trial']} | {format_score(row['search'])} | "
+                + (f"{format_score(row.get('validation'))} | " if on_validation else "")
+                + (f"{row['difference']:+.4g}" if row.get("difference") is not None else "–")
+                + f" | {format_score(row.get('p_value'))} | "
+                + ("yes" if row.get("passed") else "no" if "passed" in row else "–")
+                + " |"
+            )
+    return lines
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -197,12 +261,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         "| model | split | " + " | ".join(tasks) + " | mean |",
         "|---|---|" + "---|" * (len(tasks) + 1),
     ]
-    rows: list[tuple[str, dict[str, Any]]] = [("**winner**", results["winner"])]
+    winner_label = "**winner**"
+    if results["winner"].get("baseline"):
+        winner_label += f" (= {results['winner']['baseline']}, not an optimized merge)"
+    rows: list[tuple[str, dict[str, Any]]] = [(winner_label, results["winner"])]
     rows += [(name, entry) for name, entry in results["baselines"].items()]
     for i, member in enumerate(results.get("pareto") or []):
         rows.append((f"pareto #{i} (trial {member['trial']})", member))
     for label, entry in rows:
-        for split in ("search", "test"):
+        for split in ("search", "validation", "test"):
             scores = entry.get(split)
             if scores is None:
                 continue
@@ -211,6 +278,12 @@ def render_markdown(results: dict[str, Any]) -> str:
                 + " | ".join(format_score(scores.get(t)) for t in tasks)
                 + f" | {format_score(scores.get('mean'))} |"
             )
+    if results.get("examples_scored"):
+        from hf_recycle._search.racing import examples_text
+
+        text = examples_text(results["examples_scored"])
+        lines += ["", f"{text[:1].upper()}{text[1:]}."]
+    lines += selection_markdown(results)
     compared = versus_baselines(results)
     if compared:
         lines += [
@@ -221,7 +294,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "|---|---|---|---|",
         ]
         for name, comp, chosen in compared:
-            label = f"{name} (best on search)" if chosen else name
+            label = f"{name} (best on {chosen_on(results)})" if chosen else name
             f = format_comparison(comp)
             lines.append(
                 f"| {label} | {f['difference']} | {f['confidence']} {f['interval']} | "

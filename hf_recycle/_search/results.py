@@ -6,18 +6,31 @@ being the task-weighted macro-average with lower-is-better tasks negated)::
     format, name                 1, the recipe name
     study                        {name, storage (password redacted), sampler, objective, trials_requested}
     trials                       complete trials; trials_pruned, trials_failed: the others
+    examples_scored              {total, full, trials, method}: examples the trials scored on the search
+                                  splits, what scoring those trials on every example would have cost,
+                                  and what stopped trials early (racing | pruning | none)
     checkpoints                  the pins, in checkpoint order ({spec, repo_id, revision, commit, subfolder, kind})
     base                         the pinned base the merge uses (the recipe's, or the one LoRA inputs name), or null
     space, merge, tasks          the search space, the merge settings, [{name, weight, higher_is_better}]
     winner                       {trial, weights (one per checkpoint), [layer_weights {group: K weights}],
-                                  [density], search, test (null without test splits)}
+                                  [density], search, [validation], test (null without test splits)};
+                                  a baseline returned instead of an optimized merge adds baseline (its
+                                  name) and that baseline's checkpoint / members, finished
     baselines                    {uniform|best_single|greedy_soup: same form as winner; best_single adds
                                   checkpoint; greedy_soup adds members and finished}
-    comparison                   {baseline (the one of highest *search* mean), chosen_by: "search mean",
+    comparison                   {baseline (the reference of the selection: highest validation mean,
+                                  else highest search mean), chosen_by: "validation mean" | "search mean",
                                   and with test splits: difference, ci_low, ci_high, confidence, n_boot,
-                                  p_not_better}: winner − that baseline on the test split
+                                  p_not_better}: winner − that baseline on the test split (no numbers
+                                  when the winner is that baseline)
     comparisons                  {<baseline>: {difference, ci_low, ci_high, confidence, n_boot,
-                                  p_not_better}} for *every* baseline; null without test splits
+                                  p_not_better}} for every baseline but the winner itself; null without
+                                  test splits
+    selection                    how the winner was chosen (:mod:`hf_recycle._search.selection`):
+                                  {split, rule, top, tried, baseline, test, resamples, correction, tests,
+                                  alpha, threshold, candidates [{trial, search, [validation], difference,
+                                  p_value, passed}], chosen {trial, baseline}, baseline_returned,
+                                  chosen_because}
     pareto                       (objective pareto) the front, each member like winner plus its own
                                   comparison (vs the chosen baseline) and comparisons (vs each baseline)
     plots                        paths of the PNGs, relative to the output folder
@@ -39,6 +52,7 @@ from hf_recycle._score.engines import ScoringEngine
 from hf_recycle._search.baselines import greedy_soup_step
 from hf_recycle._search.objective import Scorer, macro_mean, score_all, write_candidate
 from hf_recycle._search.outcome import RESULTS_FORMAT, SearchResults
+from hf_recycle._search.racing import examples_summary, examples_text
 from hf_recycle._search.report import paired_bootstrap, scores_dict, write_results
 from hf_recycle._search.study import baseline_members, pruned_count, redact_url, single_scores, soup_scores
 
@@ -72,13 +86,23 @@ def build_results(
     test_scorers: ScoringEngine | Sequence[Scorer] | None,
     *,
     n_boot: int = 2000,
+    validation_scorers: ScoringEngine | Sequence[Scorer] | None = None,
+    lock: Any = None,
 ) -> SearchResults:
-    """Score the winner(s) and baselines on the test split and write results.json, results.md and plots."""
+    """Choose the winner (:mod:`~hf_recycle._search.selection`, on the validation split when there
+    is one), score it and the baselines on the test split and write results.json, results.md and plots.
+
+    ``lock`` is the study's lock: several workers score the validation split once.
+    """
     from optuna.trial import TrialState
 
     from hf_recycle._score.engines import as_engine
+    from hf_recycle._search.selection import choose_winner
+    from hf_recycle._search.study import DUPLICATE_ATTR
 
-    scorers = list(as_engine(scorers).tasks)
+    search_engine = as_engine(scorers)
+    scorers = list(search_engine.tasks)
+    validation_engine = as_engine(validation_scorers) if validation_scorers is not None else None
     test_engine = as_engine(test_scorers) if test_scorers is not None else None
     test_tasks = list(test_engine.tasks) if test_engine is not None else []
 
@@ -94,13 +118,20 @@ def build_results(
         raise SearchError(
             f"study '{setup.study_name}' has no complete trial: every trial failed or was pruned"
         )
-    by_mean = max(complete, key=lambda t: (t.user_attrs["mean"], -t.number))
     if setup.config.objective == "pareto":
         front = sorted(study.best_trials, key=lambda t: t.number)
-        winner_trial = max(front, key=lambda t: (t.user_attrs["mean"], -t.number))
+        pool = [t for t in front if "baseline" not in t.user_attrs]
     else:
         front = []
-        winner_trial = by_mean
+        pool = [t for t in complete if "baseline" not in t.user_attrs]
+    tried = sum(
+        "baseline" not in t.user_attrs
+        and (
+            t.state == TrialState.COMPLETE
+            or (t.state == TrialState.PRUNED and DUPLICATE_ATTR not in t.user_attrs)
+        )
+        for t in trials
+    )
 
     baseline_trials: dict[str, Any] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -128,6 +159,15 @@ def build_results(
                     break
             extra["greedy_soup"] = {"members": sorted(state.members), "finished": state.done}
     wanted = [b for b in ("uniform", "best_single", "greedy_soup") if b in setup.config.baselines]
+    reported = {name: baseline_trials[name] for name in wanted if name in baseline_trials}
+    selection, validation = choose_winner(
+        study, setup, resident, search_engine, validation_engine, pool, reported, tried=tried, lock=lock
+    )
+    trial_by_number = {t.number: t for t in complete}
+    winner_trial = trial_by_number[selection.winner.trial]
+    winner_entry = _entry(winner_trial, groups, sizes)
+    if selection.winner.baseline is not None:
+        winner_entry.update(baseline=selection.winner.baseline, **extra.get(selection.winner.baseline, {}))
 
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
@@ -142,6 +182,9 @@ def build_results(
         "trials": len(complete),
         "trials_pruned": pruned_count(trials),
         "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "examples_scored": examples_summary(
+            trials, sum(int(s.num_examples) for s in scorers), _early_stop(setup.recipe.search)
+        ),
         "checkpoints": [{"spec": pin.spec, **pin.to_json()} for pin in setup.pins],
         "base": {"spec": setup.base_pin.spec, **setup.base_pin.to_json()}
         if setup.base_pin is not None
@@ -151,17 +194,17 @@ def build_results(
         "tasks": [
             {"name": s.name, "weight": s.weight, "higher_is_better": s.higher_is_better} for s in scorers
         ],
-        "winner": _entry(winner_trial, groups, sizes),
+        "winner": winner_entry,
         "baselines": {},
     }
-    for name in wanted:
-        if name in baseline_trials:
-            results["baselines"][name] = {
-                **_entry(baseline_trials[name], groups, sizes),
-                **extra.get(name, {}),
-            }
+    for name, trial in reported.items():
+        results["baselines"][name] = {**_entry(trial, groups, sizes), **extra.get(name, {})}
     if front:
         results["pareto"] = [_entry(t, groups, sizes) for t in front]
+    if validation:
+        for entry in [results["winner"], *results["baselines"].values(), *results.get("pareto", [])]:
+            if entry["trial"] in validation:
+                entry["validation"] = validation[entry["trial"]]
 
     # --- test split -----------------------------------------------------------------
     per_example: dict[int, dict[str, np.ndarray]] = {}
@@ -184,13 +227,14 @@ def build_results(
     results["winner"]["test"] = test_of(results["winner"], winner_trial)
     for name, entry in results["baselines"].items():
         entry["test"] = test_of(entry, baseline_trials[name])
-    trial_by_number = {t.number: t for t in complete}
     for entry in results.get("pareto", []):
         entry["test"] = test_of(entry, trial_by_number[entry["trial"]])
 
     if results["baselines"]:
-        best_name = max(results["baselines"], key=lambda n: (results["baselines"][n]["search"]["mean"], n))
-        results["comparison"] = {"baseline": best_name, "chosen_by": "search mean"}
+        assert selection.reference is not None and selection.reference.baseline is not None
+        best_name = selection.reference.baseline
+        chosen_by = "validation mean" if validation_engine is not None else "search mean"
+        results["comparison"] = {"baseline": best_name, "chosen_by": chosen_by}
         results["comparisons"] = None
         if test_engine is not None:
             weights = {s.name: s.weight for s in test_tasks}
@@ -210,16 +254,27 @@ def build_results(
                     for name in results["baselines"]
                 }
 
-            results["comparisons"] = versus_each(winner_trial.number)
-            results["comparison"].update(results["comparisons"][best_name])
+            results["comparisons"] = {  # a baseline returned as the winner is not compared with itself
+                name: comp
+                for name, comp in versus_each(winner_trial.number).items()
+                if not (selection.baseline_returned and baseline_trials[name].number == winner_trial.number)
+            }
+            results["comparison"].update(results["comparisons"].get(best_name, {}))
             for entry in results.get("pareto", []):
                 entry["comparisons"] = versus_each(entry["trial"])
                 entry["comparison"] = dict(entry["comparisons"][best_name])
 
+    results["selection"] = selection.record
+    logger.info("%s", examples_text(results["examples_scored"]))
     results["plots"] = _plots(setup, results, complete, single_trials)
     write_results(setup.output_dir, results)
     logger.info("wrote %s", setup.output_dir / "results.json")
     return SearchResults.from_json(results)
+
+
+def _early_stop(spec: Any) -> str:
+    """What stops a trial of ``spec`` (the recipe's ``search:``) early: racing, pruning or none."""
+    return "racing" if spec.racing_spec is not None else "pruning" if spec.pruning else "none"
 
 
 def _plots(

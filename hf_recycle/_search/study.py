@@ -218,7 +218,7 @@ def create_or_load_study(
         pruner=pruner,
         load_if_exists=True,
     )
-    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    stored = _upgraded(study.user_attrs.get(FINGERPRINT_ATTR))
     wanted = config.fingerprint()
     if stored is None:
         study.set_user_attr(FINGERPRINT_ATTR, wanted)
@@ -228,11 +228,26 @@ def create_or_load_study(
             study.set_metric_names(config.metric_names)
     elif stored != wanted:
         diff = sorted(k for k in wanted if stored.get(k) != wanted[k])
+        hint = (
+            " (it was made with the earlier simplex variables: set search.weights: simplex_box to resume it)"
+            if (stored.get("space") or {}).get("weights") == "simplex_box"
+            and wanted["space"].get("weights") == "simplex"
+            else ""
+        )
         raise SearchError(
-            f"study '{name}' in this storage was made for a different search ({', '.join(diff)} differ): "
+            f"study '{name}' in this storage was made for a different search ({', '.join(diff)} differ){hint}: "
             "pass another --study NAME, or delete the old study (e.g. the study.db file) to start over"
         )
     return study
+
+
+def _upgraded(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored fingerprint in today's terms: a study made before ``simplex`` meant the K - 1
+    stick-breaking variables (no ``variables`` key) used what is now ``simplex_box``."""
+    space = (stored or {}).get("space")
+    if not isinstance(space, dict) or space.get("weights") != "simplex" or "variables" in space:
+        return stored
+    return {**stored, "space": {**space, "weights": "simplex_box"}}  # type: ignore[dict-item]
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

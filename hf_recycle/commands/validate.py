@@ -16,8 +16,9 @@ Every problem is reported at once as file:line: field: message; the exit status 
 non-zero when any recipe is invalid. Besides the schema, the files the recipe names
 are checked: task data files exist and their first row has the fields the templates
 name, splits exist, metrics are bundled, local or cached (a warning when they must be
-downloaded), local checkpoint folders exist, and the trials cover the baselines when
-the number of checkpoints is known without resolving a glob. Nothing is resolved or
+downloaded), lm_eval tasks exist (in lm-eval's registry or under include_path) and report
+the metric key named, local checkpoint folders exist, and the trials cover the baselines
+when the number of checkpoints is known without resolving a glob. Nothing is resolved or
 downloaded.
 """
 

@@ -103,14 +103,22 @@ def _table(results: dict[str, Any], checkpoints: list[dict]) -> list[dict[str, A
         )
     rows.append(
         {
-            "name": "optimized merge",
+            "name": returned_label(results),
             "kind": "merge",
-            "note": f"CMA-ES, trial {results['winner']['trial']}",
+            "note": f"CMA-ES, trial {results['winner']['trial']}"
+            if results["winner"].get("baseline") is None
+            else "no optimized merge beat it (see results.md)",
             "test": _flat(results["winner"]["test"]),
             "weights": results["winner"]["weights"],
         }
     )
     return rows
+
+
+def returned_label(results: dict[str, Any]) -> str:
+    """What the search returned: ``optimized merge``, or the baseline no optimized merge beat."""
+    baseline = results["winner"].get("baseline")
+    return "optimized merge" if baseline is None else f"returned: {BASELINE_LABELS.get(baseline, baseline)}"
 
 
 def _flat(scores: dict[str, float]) -> dict[str, Any]:
@@ -133,6 +141,7 @@ def summarize(results: dict[str, Any], threshold: float = WEIGHT_THRESHOLD) -> d
     baselines = {name: entry["test"]["mean"] for name, entry in results["baselines"].items()}
     weights = results["winner"]["weights"]
     return {
+        "returned": returned_label(results),
         "merge": merge,
         "baselines": baselines,
         "margins": {name: merge - mean for name, mean in baselines.items()},
@@ -146,7 +155,7 @@ def summarize(results: dict[str, Any], threshold: float = WEIGHT_THRESHOLD) -> d
 def format_summary(summary: dict[str, Any]) -> str:
     """One line per baseline (the merge's held-out margin over it), then the weights line."""
     lines = [
-        f"optimized merge {summary['merge']:.3f} vs {BASELINE_LABELS.get(name, name)} {mean:.3f}: "
+        f"{summary['returned']} {summary['merge']:.3f} vs {BASELINE_LABELS.get(name, name)} {mean:.3f}: "
         f"{summary['margins'][name]:+.3f} ({'better' if summary['beats'][name] else 'not better'})"
         for name, mean in summary["baselines"].items()
     ]

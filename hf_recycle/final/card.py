@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_recycle._search.report import format_comparison, format_score, versus_baselines
+from hf_recycle._search.selection import BASELINE_LABELS, baseline_label
 from hf_recycle.errors import RecipeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +74,7 @@ TEMPLATE_VARIABLES = (
     "has_test",
     "results_rows",
     "comparison",
+    "selection",
     "plots",
     "command",
     "recipe_text",
@@ -93,11 +95,6 @@ CITATION = """\
 }"""
 
 _LIBRARIES = ("hf-recycle", "torch", "transformers", "safetensors", "huggingface_hub", "optuna", "datasets")
-_BASELINE_LABELS = {
-    "uniform": "uniform soup",
-    "best_single": "best single checkpoint",
-    "greedy_soup": "greedy soup",
-}
 
 
 def _sampler_name(name: str) -> str:
@@ -172,16 +169,21 @@ def card_metadata(
             continue
         task = tasks[name]
         metric = task.metric_name or task.kind
+        data = task.data
+        if data is None:  # an lm-evaluation-harness task: lm-eval names its data
+            dataset_type, config, revision = f"lm_eval/{task.lm_eval.task}", None, None  # type: ignore[union-attr]
+        else:  # model-index groups results by dataset: local files get the task's name
+            dataset_type = data.path if "/" in data.path else name
+            config, revision = data.name, data.revision
         eval_results.append(
             EvalResult(
                 task_type="text-generation",
                 task_name=name,
-                # model-index groups results by dataset: local files get the task's name
-                dataset_type=task.data.path if "/" in task.data.path else name,
+                dataset_type=dataset_type,
                 dataset_name=name,
-                dataset_config=task.data.name,
+                dataset_config=config,
                 dataset_split=task.test_split,
-                dataset_revision=task.data.revision,
+                dataset_revision=revision,
                 metric_type=metric,
                 metric_name=f"{name} {metric} (held-out)",
                 metric_value=float(value),
@@ -225,10 +227,11 @@ def _comparison_text(results: SearchResults, member: int | None) -> str | None:
     data = results.to_json()
     compared = versus_baselines(data, None if member is None else data["pareto"][member])
     who = "This model" if member is None else f"Pareto member #{member}"
+    chosen_on = "validation" if (results.comparison or {}).get("chosen_by") == "validation mean" else "search"
     paragraphs = []
     for name, comp, chosen in compared:
         f = format_comparison(comp)
-        baseline = _BASELINE_LABELS.get(name, name)
+        baseline = BASELINE_LABELS.get(name, name)
         paragraphs.append(
             f"{who} − {baseline} on the held-out test split, as the task-weighted macro-average of "
             f"per-example scores: **{f['difference']}**, {f['confidence']} paired bootstrap confidence "
@@ -239,7 +242,7 @@ def _comparison_text(results: SearchResults, member: int | None) -> str | None:
                 else ""
             )
             + ")."
-            + (f" The {baseline} is the baseline with the best search score." if chosen else "")
+            + (f" The {baseline} is the baseline with the best {chosen_on} score." if chosen else "")
         )
     return "\n\n".join(paragraphs) or None
 
@@ -258,15 +261,36 @@ def _results_rows(results: SearchResults, entry: Candidate, tasks: Sequence[str]
             }
         )
 
-    add(f"**this model** (trial {entry.trial})", getattr(entry, split))
+    what = f"{baseline_label(entry.baseline, entry.checkpoint)}, " if entry.baseline else ""
+    add(f"**this model** ({what}trial {entry.trial})", getattr(entry, split))
     for name, base in results.baselines.items():
-        label = _BASELINE_LABELS.get(name, name)
+        if base.trial == entry.trial:  # the baseline returned as this model: its row is the one above
+            continue
+        label = BASELINE_LABELS.get(name, name)
         if name == "best_single" and base.checkpoint is not None:
             label += f" (#{base.checkpoint})"
         if name == "greedy_soup" and base.members is not None:
             label += " (" + ", ".join(f"#{m}" for m in base.members) + ")"
         add(label, getattr(base, split))
     return rows
+
+
+def _selection_context(results: SearchResults, member: int | None) -> dict[str, Any] | None:
+    """How the winner was chosen, for the card (``None`` for a Pareto member or older results)."""
+    selection = results.selection
+    if member is not None or not selection:
+        return None
+    winner = results.winner
+    because = selection["chosen_because"]
+    return {
+        "baseline_returned": winner.baseline is not None,
+        "baseline": baseline_label(winner.baseline, winner.checkpoint) if winner.baseline else None,
+        "because": because[:1].upper() + because[1:],
+        "rule": selection["rule"],
+        "split": selection["split"],
+        "alpha": format_score(selection["alpha"]),
+        "validation": winner.validation,
+    }
 
 
 def build_card(
@@ -335,8 +359,9 @@ def build_card(
                 "higher_is_better": t.higher_is_better,
                 "kind": spec.kind if spec else "?",
                 "metric": (spec.metric_name or spec.kind) if spec else "?",
-                "data": spec.data.path if spec else "?",
+                "data": _task_data(spec) if spec else "?",
                 "search_split": spec.search_split if spec else "?",
+                "validation_split": (spec.validation_split or "–") if spec else "?",
                 "test_split": (spec.test_split or "–") if spec else "?",
             }
         )
@@ -371,7 +396,7 @@ def build_card(
             "weights": results.space.get("weights", recipe.search.weights),
             "granularity": results.space.get("granularity", recipe.search.granularity),
             "seed": recipe.search.seed,
-            "baselines": [_BASELINE_LABELS.get(b, b) for b in recipe.search.baselines],
+            "baselines": [BASELINE_LABELS.get(b, b) for b in recipe.search.baselines],
         },
         "objective_text": "Pareto front of the task scores"
         if study.objective == "pareto"
@@ -384,6 +409,7 @@ def build_card(
         "has_test": has_test,
         "results_rows": _results_rows(results, entry, tasks, split),
         "comparison": _comparison_text(results, member),
+        "selection": _selection_context(results, member),
         "plots": [{"name": Path(p).stem, "path": p} for p in results.plots],
         "command": command,
         "recipe_text": recipe_text,
@@ -509,3 +535,10 @@ def write_card(folder: str | Path, card: ModelCard) -> Path:
     path.write_text(str(card), encoding="utf-8")
     logger.debug("wrote %s", path)
     return path
+
+
+def _task_data(spec: Any) -> str:
+    """Where a task's examples come from, for the card's task table."""
+    if spec.data is None:  # an lm-evaluation-harness task
+        return f"lm_eval task {spec.lm_eval.task}"
+    return spec.data.path

@@ -18,6 +18,11 @@ vLLM reads the prompt log-probabilities of at most ``max_model_len - 1`` tokens 
 samples one more), so a likelihood sequence at the model's full length loses one more
 token from the left than in the hf engine.
 
+An ``lm_eval`` task (:class:`~hf_recycle._score.lm_eval_scorer.LmEvalScorer`) is run through
+lm-eval's own vLLM model given this engine's ``LLM`` (:mod:`~hf_recycle._score.lm_eval_vllm`),
+so it too scores the weights pushed in place; its requests are lm-eval's, as with
+``lm_eval --model vllm``.
+
 vLLM runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set when the engine is
 built) so that a weight push is an in-memory copy; its logs go to stderr, warnings only, unless
 ``VLLM_LOGGING_STREAM`` or ``VLLM_LOGGING_LEVEL`` say otherwise. Its distributed state is global, so a
@@ -187,12 +192,13 @@ class VllmEngine(ScoringEngine):
     }
 
     def __init__(self, scorers: Sequence[Any], runtime: _Runtime, model_dir: Path) -> None:
+        from hf_recycle._score.lm_eval_scorer import LmEvalScorer
         from hf_recycle._score.scorer import TaskScorer
 
         if not scorers:
             raise TaskError("a scoring engine needs at least one task")
         for scorer in scorers:
-            if not isinstance(scorer, TaskScorer):
+            if not isinstance(scorer, (TaskScorer, LmEvalScorer)):
                 raise TaskError(
                     f"task '{scorer.name}' cannot be scored by the vllm engine: use engine 'hf' for it"
                 )
@@ -200,6 +206,7 @@ class VllmEngine(ScoringEngine):
         self._runtime: _Runtime | None = runtime
         self._model_dir = model_dir
         self._facts: Any = None
+        self._lm_eval_model: Any = None
 
     @classmethod
     def build(
@@ -261,9 +268,22 @@ class VllmEngine(ScoringEngine):
         limit = self._live_runtime().max_model_len
         return eos_token_ids(model, tokenizer), limit if context is None else min(context, limit)
 
+    def _lm_eval(self) -> Any:
+        """lm-eval's vLLM model over this engine's ``LLM`` (for the ``lm_eval`` tasks)."""
+        if self._lm_eval_model is None:
+            from hf_recycle._score.lm_eval_vllm import EngineVLLM
+
+            if self._facts is None:
+                self._facts = _folder_facts(self._model_dir)
+            tokenizer = self.scorers[0]._tokenizer
+            self._lm_eval_model = EngineVLLM(self._live_runtime().llm, tokenizer, self._facts.config)
+        return self._lm_eval_model
+
     def score(self, model, *, limit=None, limit_fraction=None, resume=None):
         """Score the weights vLLM holds; ``model`` (the live model, or None) only gives EOS ids and context."""
         from vllm import SamplingParams
+
+        from hf_recycle._score.lm_eval_scorer import LmEvalScorer
 
         runtime = self._live_runtime()
         limits = self.limits(limit, limit_fraction)
@@ -271,8 +291,12 @@ class VllmEngine(ScoringEngine):
         jobs: list[tuple[Any, int, Any, list[list[int]], list[int]]] = []
         prompts: list[list[int]] = []
         params: list[Any] = []
+        results = {}
         for scorer in self.scorers:
             earlier = None if resume is None else resume[scorer.name]
+            if isinstance(scorer, LmEvalScorer):  # lm-eval's requests, through lm-eval's vLLM model
+                results[scorer.name] = scorer.run(self._lm_eval(), limits[scorer.name], resume=earlier)
+                continue
             n, done = _span(scorer, limits[scorer.name], earlier)
             first, last = scorer.offsets[done], scorer.offsets[n]
             if scorer.kind.generates:
@@ -295,7 +319,6 @@ class VllmEngine(ScoringEngine):
             params.extend([param] * len(sequences))
         outputs = iter(runtime.generate(prompts, params) if prompts else [])
         eos_set = set(eos)
-        results = {}
         for scorer, n, earlier, sequences, scored in jobs:
             raw: list[Any] = [] if earlier is None else list(earlier.raw)
             for ids, count in zip(sequences, scored, strict=True):
@@ -309,9 +332,10 @@ class VllmEngine(ScoringEngine):
                     total = sum(logprobs[i][ids[i]].logprob for i in range(len(ids) - count, len(ids)))
                     raw.append((float(total), count))
             results[scorer.name] = scorer._aggregate(raw, n)
-        return results
+        return {scorer.name: results[scorer.name] for scorer in self.scorers}
 
     def close(self) -> None:
+        self._lm_eval_model = None
         if self._runtime is not None:
             self._runtime.release()
             self._runtime = None

@@ -31,6 +31,10 @@ class TaskKindDef:
             fixed (no ``metric``, ``metric_key`` or ``higher_is_better``).
         higher_is_better: Direction of the score when the task does not say.
         uses_options: Examples carry a list of options (the task's ``options`` field).
+        uses_templates: Examples come from ``data`` through the ``prompt`` and ``target``
+            templates (required then); a kind that brings its own examples (``lm_eval``)
+            takes none of the three and builds its own scorer (:meth:`build_scorer`).
+        own_field: The task field that only this kind takes, and requires (``lm_eval``).
         order: Where it is listed.
     """
 
@@ -39,7 +43,27 @@ class TaskKindDef:
     default_metric: ClassVar[str | None] = None
     higher_is_better: ClassVar[bool] = True
     uses_options: ClassVar[bool] = False
+    uses_templates: ClassVar[bool] = True
+    own_field: ClassVar[str | None] = None
     order: ClassVar[int] = 100
+
+    def direction(self, spec: TaskSpec) -> bool:
+        """Whether higher is better for ``spec`` when the task does not say (``higher_is_better``)."""
+        return self.higher_is_better
+
+    def spec_problems(self, spec: TaskSpec) -> list[str]:
+        """What else is wrong with the fields of a task of this kind (no I/O; empty when nothing is)."""
+        return []
+
+    def file_problems(self, spec: TaskSpec, base_dir: Any) -> list[tuple[tuple[Any, ...], str]]:
+        """What is wrong with what a task of a kind without templates names on this machine, as
+        ``(location under the task, message)``; nothing is downloaded (``hf-recycle validate``)."""
+        return []
+
+    def build_scorer(self, spec: TaskSpec, tokenizer: Any, split: str, base_dir: Any) -> Any:
+        """The scorer of a kind without templates (:class:`~hf_recycle._score.scorer.TaskScorer`'s
+        interface); ``None`` for the kinds that TaskScorer runs."""
+        return None
 
     def render(self, spec: TaskSpec, row: dict[str, Any], index: int, prompt: str, target: str) -> Example:
         """The example of one data row, its templates already rendered."""
@@ -96,11 +120,26 @@ def field_problems(spec: Any) -> list[str]:
         for field in ("max_new_tokens", "stop"):
             if getattr(spec, field):
                 problems.append(f"'{field}' is only for kind {_named(generating)}, not '{kind.name}'")
-    if kind.default_metric is None:
+    if kind.uses_templates:
+        for field in ("data", "prompt", "target"):
+            if getattr(spec, field) is None:
+                problems.append(f"kind '{kind.name}' needs '{field}', not null")
+    else:
+        for field in ("data", "prompt", "target", "metric_key"):
+            if getattr(spec, field) is not None:
+                problems.append(f"'{field}' does not apply to kind '{kind.name}'")
+    for other in KINDS.values():
+        if other.own_field is None:
+            continue
+        if other is kind and getattr(spec, other.own_field) is None:
+            problems.append(f"kind '{kind.name}' needs '{other.own_field}'")
+        elif other is not kind and getattr(spec, other.own_field) is not None:
+            problems.append(f"'{other.own_field}' is only for kind '{other.name}', not '{kind.name}'")
+    if kind.default_metric is None and kind.uses_templates:
         for field in ("metric", "metric_key", "higher_is_better"):
             if getattr(spec, field) is not None:
                 problems.append(f"'{field}' does not apply to kind '{kind.name}', whose score is fixed")
-    return problems
+    return problems + kind.spec_problems(spec)
 
 
 __all__ = ["KINDS", "KIND_NAMES", "TaskKindDef", "field_problems"]

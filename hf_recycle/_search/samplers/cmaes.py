@@ -1,4 +1,4 @@
-"""``cmaes``: CMA-ES (the default; single objective)."""
+"""``cmaes``: CMA-ES (the default; single objective), started at the best baseline."""
 
 from __future__ import annotations
 
@@ -13,6 +13,6 @@ class CmaEs(SamplerAdapter):
     order = 0
 
     def build(self, space, *, seed, n_objectives, trials):
-        import optuna
+        from hf_recycle._search.samplers._start import BaselineStartCmaEsSampler
 
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        return BaselineStartCmaEsSampler(seed=seed, warn_independent_sampling=False)
