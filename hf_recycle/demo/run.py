@@ -260,13 +260,13 @@ def plot_pareto(
         color="tab:red",
         edgecolor="k",
         zorder=5,
-        label=f"optimized merge ({merge['test']['mean']:.3f})",
+        label=f"{merge['name']} ({merge['test']['mean']:.3f})",
     )
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"{a} (held-out exact match)")
     ax.set_ylabel(f"{b} (held-out exact match)")
-    ax.set_title("Held-out scores: checkpoints, baselines, optimized merge", fontsize=10)
+    ax.set_title("Held-out scores: checkpoints, baselines, the returned model", fontsize=10)
     ax.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
 
     names = [f"{r['name']}: {r['note']}" if r["note"] else r["name"] for r in checkpoints]
@@ -278,7 +278,10 @@ def plot_pareto(
     )
     wax.invert_yaxis()
     wax.set_xlabel("merge weight (normalized)")
-    wax.set_title(f"Optimized merge: {sum(used)} of {len(names)} checkpoints >= {threshold:g}", fontsize=10)
+    wax.set_title(
+        f"{merge['name'][:1].upper()}{merge['name'][1:]}: {sum(used)} of {len(names)} checkpoints >= {threshold:g}",
+        fontsize=10,
+    )
     for i, w in enumerate(weights):
         wax.annotate(f"{w:.3f}", (w, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     wax.set_xlim(0, max(weights) * 1.25)
