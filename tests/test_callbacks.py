@@ -16,7 +16,7 @@ from hf_recycle.errors import RecycleCallbackError
 from hf_recycle.testing import models
 
 SEQ_LEN = 12
-UPLOAD_DELAY_S = 1.5  # longer than the few training steps between two saves
+GATE_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="session")
@@ -177,32 +177,111 @@ def local_hub(monkeypatch):
         yield hub
 
 
+class _UploadGate(TrainerCallback):
+    """Holds the Trainer's background Hub uploads until the training reaches a given state.
+
+    Every upload a save starts runs only after that save's ``on_save``: the Trainer has rotated
+    old checkpoints by then. (Its ``every_save`` upload lists the whole ``output_dir``, rotated
+    checkpoint folders included, and fails when a folder is deleted during the listing: a race
+    inside transformers that a test must not depend on.) The first ``slow`` uploads are held
+    longer, as on a slow network: through the next save (its push decision and its rotation),
+    unless somebody waits for them first (:meth:`waiting`). Nothing here depends on time: each
+    upload waits on the event of a training state.
+    """
+
+    def __init__(self, slow: int):
+        import collections
+        import threading
+
+        self.slow = slow
+        self.submitted = 0
+        self.saves = 0  # on_save events so far
+        self.saving = False  # between a step end that asks for a save and that save's on_save
+        self.saved = collections.defaultdict(threading.Event)  # save number -> its on_save fired
+        self.let_go = collections.defaultdict(threading.Event)  # save number -> its slow uploads may run
+
+    def hold(self) -> list:
+        """The events the upload being submitted now waits for (none outside a save)."""
+        if not self.saving:
+            return []
+        save = self.saves + 1
+        events = [self.saved[save]]
+        if self.submitted < self.slow:
+            events.append(self.let_go[save])
+        self.submitted += 1
+        return events
+
+    def waiting(self) -> None:
+        """Somebody waits for the uploads in flight: the slow ones go now."""
+        for event in list(self.let_go.values()):
+            event.set()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self.saving = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saves += 1
+        self.saving = False
+        self.saved[self.saves].set()
+        if self.saves > 1:
+            self.let_go[self.saves - 1].set()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for event in [*self.saved.values(), *self.let_go.values()]:
+            event.set()
+
+
 @pytest.fixture
 def slow_uploads(monkeypatch):
-    """The first two background Hub jobs (the Trainer's ``upload_folder(run_as_future=True)``) start late.
+    """The Trainer's background Hub jobs (``upload_folder(run_as_future=True)``) wait on an :class:`_UploadGate`.
 
-    As on a slow network, the first save's uploads are then still queued when the next save
-    comes a few training steps later: the Trainer skips that save's push, and its rotation
-    deletes the folder that the queued upload is about to read.
+    The first two are still in flight at the next save unless the callback waits for them: the
+    Trainer then skips that save's push, and its rotation deletes the folder that a queued
+    upload is about to read. Put the gate in the Trainer with :func:`_gate_uploads`.
     """
-    import itertools
-    import time
+    from concurrent import futures
 
     from huggingface_hub import HfApi
 
+    import hf_recycle.integrations.trainer.callback as callback_module
+
+    gate = _UploadGate(slow=2)
     submit = HfApi.run_as_future
-    count = itertools.count()
 
-    def run_late(self, fn, *args, **kwargs):
-        delay = UPLOAD_DELAY_S if next(count) < 2 else 0.0
+    def run_gated(self, fn, *args, **kwargs):
+        events = gate.hold()
 
-        def late(*a, **kw):
-            time.sleep(delay)
+        def gated(*a, **kw):
+            for event in events:
+                if not event.wait(timeout=GATE_TIMEOUT_S):  # a guard against a hang, not a timing
+                    raise RuntimeError("the test's upload gate was never opened: a training state never came")
             return fn(*a, **kw)
 
-        return submit(self, late, *args, **kwargs)
+        return submit(self, gated, *args, **kwargs)
 
-    monkeypatch.setattr(HfApi, "run_as_future", run_late)
+    class _Futures:  # the callback module's ``futures``, telling the gate when the callback waits
+        def __getattr__(self, name):
+            return getattr(futures, name)
+
+        @staticmethod
+        def wait(*args, **kwargs):
+            gate.waiting()
+            return futures.wait(*args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "run_as_future", run_gated)
+    monkeypatch.setattr(callback_module, "futures", _Futures())
+    return gate
+
+
+def _gate_uploads(trainer, gate: _UploadGate) -> None:
+    """Put ``gate`` among the Trainer's callbacks after its flow callback (which decides the saves)
+    and before the RecycleCallback (which waits for uploads in ``on_step_end`` and ``on_train_end``)."""
+    from hf_recycle import RecycleCallback
+
+    callbacks = trainer.callback_handler.callbacks
+    at = next(i for i, c in enumerate(callbacks) if isinstance(c, RecycleCallback))
+    callbacks.insert(at, gate)
 
 
 def _commits_by_title(hub, repo: str) -> dict[str, str]:
@@ -431,6 +510,7 @@ def test_hub_all_checkpoints_brings_back_rotated_checkpoints_and_pushes(
         hub_strategy="all_checkpoints",
     )
     trainer.add_callback(_CopyOnSave(tmp_path / "copies"))
+    _gate_uploads(trainer, slow_uploads)
     trainer.train()
 
     commits = _commits_by_title(local_hub, "me/run")
@@ -482,6 +562,7 @@ def test_hub_every_save_recycles_rotated_checkpoints_from_their_commits(
         hub_strategy="every_save",
     )
     trainer.add_callback(_CopyOnSave(tmp_path / "copies"))
+    _gate_uploads(trainer, slow_uploads)
     trainer.train()
 
     commits = _commits_by_title(local_hub, "me/run")
