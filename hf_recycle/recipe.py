@@ -150,6 +150,18 @@ class SearchSpec(_Strict):
     resident: Literal["auto", "device", "host", "disk"] = "auto"
     memory_limit: str | int = "auto"
     select: SelectSpec = Field(default_factory=SelectSpec)
+    # sampled trials leave out checkpoints scoring below this share of the best single on every task
+    screen: float | Literal[False] = Field(default=0.5)
+
+    @field_validator("screen")
+    @classmethod
+    def _screen(cls, value: float | bool) -> float | bool:
+        if value is not False and not 0 < value < 1:
+            raise ValueError(
+                "is the share of the best single score (on every task) below which sampled trials leave a "
+                "checkpoint out, between 0 and 1 (e.g. 0.5), or false to keep every checkpoint"
+            )
+        return value
 
     @field_validator("memory_limit")
     @classmethod

@@ -386,6 +386,7 @@ def search(
             spec.objective,
             spec.pruning_fraction if spec.pruning else None,
             racing=spec.racing_spec,
+            screen=spec.screen if spec.screen is not False else None,
         )
         _run_with_progress(study_obj, setup, objective, lock, progress)
         from hf_recycle._search.results import build_results

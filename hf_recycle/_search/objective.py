@@ -7,6 +7,7 @@ returning a result with ``value`` and ``per_example``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -15,6 +16,7 @@ import numpy as np
 
 from hf_recycle._score.engines import ScoringEngine, as_engine
 from hf_recycle._search.racing import EXAMPLES_ATTR, RACED_OUT_ATTR, race, reference_trial, rung_limits
+from hf_recycle._search.screening import SCREENED_ATTR, Screen, mask_weights
 from hf_recycle._search.space import SearchSpace
 from hf_recycle._search.study import DUPLICATE_ATTR, earlier_twin
 
@@ -99,6 +101,9 @@ class TrialObjective:
         racing: When set (``rungs``, ``confidence``, ``min_examples``: the recipe's
             ``search.racing``), race each sampled trial against the best complete trial on
             growing prefixes of the splits (:mod:`hf_recycle._search.racing`).
+        screen: When set (the recipe's ``search.screen``), sampled trials give no weight to the
+            checkpoints that score below this share of the best single on every task
+            (:mod:`hf_recycle._search.screening`), once every single baseline is scored.
 
     Every trial that scores examples records how many (user attribute ``examples_scored``).
     """
@@ -111,6 +116,7 @@ class TrialObjective:
         objective: str = "mean",
         pruning_fraction: float | None = None,
         racing: Any = None,
+        screen: float | None = None,
     ) -> None:
         self.space = space
         self.candidate_model = candidate_model
@@ -122,6 +128,11 @@ class TrialObjective:
         sizes = {s.name: int(s.num_examples) for s in self.scorers}
         self.rungs = rung_limits(racing.rungs, sizes, racing.min_examples) if self.racing else []
         self.full_examples = sum(sizes.values())
+        self.screen = (
+            Screen(space.n_checkpoints, {s.name: s.higher_is_better for s in self.scorers}, screen)
+            if screen is not None and objective == "mean"
+            else None
+        )
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import optuna
@@ -131,6 +142,14 @@ class TrialObjective:
             trial.set_user_attr(DUPLICATE_ATTR, twin)
             raise optuna.TrialPruned(f"trial {twin} runs the same baseline")
         candidate = self.space.suggest(trial)
+        if self.screen is not None and "baseline" not in trial.user_attrs:
+            from optuna.trial import TrialState
+
+            out = self.screen.out(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            if out:
+                weights = mask_weights(candidate.weights, out, self.space.parameterization)
+                candidate = dataclasses.replace(candidate, weights=weights)
+                trial.set_user_attr(SCREENED_ATTR, list(out))
         write_candidate(self.candidate_model, self.engine, candidate.weights, candidate.density)
         trial.set_user_attr("weights", candidate.weights.tolist())
         for name, value in self.space.weight_attrs(candidate.weights).items():

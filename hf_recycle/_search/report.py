@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from hf_recycle._search.screening import screened_text
+
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 
@@ -209,6 +211,8 @@ def summary_text(results: Mapping[str, Any]) -> str:
         from hf_recycle._search.racing import examples_text
 
         lines.append(examples_text(results["examples_scored"]))
+    if screened_text(results):
+        lines.append(screened_text(results))
     return "\n".join(lines)
 
 
@@ -282,6 +286,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         from hf_recycle._search.racing import examples_text
 
         text = examples_text(results["examples_scored"])
+        lines += ["", f"{text[:1].upper()}{text[1:]}."]
+    if screened_text(results):
+        text = screened_text(results)
         lines += ["", f"{text[:1].upper()}{text[1:]}."]
     lines += selection_markdown(results)
     compared = versus_baselines(results)

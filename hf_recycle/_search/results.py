@@ -97,6 +97,7 @@ def build_results(
     from optuna.trial import TrialState
 
     from hf_recycle._score.engines import as_engine
+    from hf_recycle._search.screening import screened_record
     from hf_recycle._search.selection import choose_winner
     from hf_recycle._search.study import DUPLICATE_ATTR
 
@@ -185,6 +186,7 @@ def build_results(
         "examples_scored": examples_summary(
             trials, sum(int(s.num_examples) for s in scorers), _early_stop(setup.recipe.search)
         ),
+        "screened": screened_record(complete, setup.pins, setup.recipe.search.screen),
         "checkpoints": [{"spec": pin.spec, **pin.to_json()} for pin in setup.pins],
         "base": {"spec": setup.base_pin.spec, **setup.base_pin.to_json()}
         if setup.base_pin is not None

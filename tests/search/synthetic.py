@@ -27,6 +27,25 @@ class Result:
     examples: int = 0  # how many "examples" (tensors) were scored, tied heads included
 
 
+@dataclass(frozen=True)
+class ScoreResult:
+    """What a scorer of the weights alone returns: a value and its per-example scores."""
+
+    value: float
+    per_example: tuple[float, ...]
+
+
+class WeightsModel:
+    """A live "model" that is its merge weights: ``model`` is the last ``(G, K)`` array written."""
+
+    model = None
+
+    def set_weights(self, weights, density=None):
+        import numpy as np
+
+        self.model = np.asarray(weights, dtype=float)
+
+
 class TargetMixtureScorer:
     """Scores a live model by its distance to the mixture ``target`` of ``checkpoints``."""
 

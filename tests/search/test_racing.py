@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
+from synthetic import ScoreResult, WeightsModel
 
 from hf_recycle._search.objective import PER_EXAMPLE_ATTR, TrialObjective
 from hf_recycle._search.racing import Reference, examples_summary, race, rung_limits
@@ -135,21 +135,6 @@ def test_bad_racing_settings_are_refused_naming_the_field(search, tasks, message
 # --- trials racing in a study shared by two workers ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Result:
-    value: float
-    per_example: tuple[float, ...]
-
-
-class _Weights:
-    """The live "model" is its weight vector."""
-
-    model = None
-
-    def set_weights(self, weights, density=None):
-        self.model = np.asarray(weights, dtype=float)
-
-
 class _Mixture:
     """A task of 40 examples; example i of the merge w scores TABLE[i] · w (checkpoint 2 is poor)."""
 
@@ -167,7 +152,7 @@ class _Mixture:
         per = (() if resume is None else resume.per_example) + tuple(
             float(x) for x in self.table[done:n].astype(float) @ np.ravel(model)
         )
-        return _Result(float(np.mean(per)), per)
+        return ScoreResult(float(np.mean(per)), per)
 
 
 def test_a_worse_candidate_stops_at_the_first_rung_against_another_workers_best_trial(tmp_path):
@@ -188,7 +173,9 @@ def test_a_worse_candidate_stops_at_the_first_rung_against_another_workers_best_
             open_storage(url, None), "s", config, sampler=optuna.samplers.RandomSampler(0)
         )
         scorer = _Mixture()
-        run_worker(study, config, TrialObjective(space, _Weights(), [scorer], racing=racing), trials=trials)
+        run_worker(
+            study, config, TrialObjective(space, WeightsModel(), [scorer], racing=racing), trials=trials
+        )
         return study, scorer
 
     study, first = worker(4)  # the baselines: uniform and each checkpoint alone, never raced

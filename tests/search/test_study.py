@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from synthetic import ScoreResult, WeightsModel
 
 from hf_recycle._search.baselines import single_weights, uniform_weights
 from hf_recycle._search.objective import TrialObjective
@@ -23,21 +22,6 @@ from hf_recycle._search.worker import run_worker
 TARGET = np.array([0.6, 0.3, 0.1])
 
 
-@dataclass(frozen=True)
-class _Result:
-    value: float
-    per_example: tuple[float, ...]
-
-
-class _Weights:
-    """The live "model" is its weight vector."""
-
-    model = None
-
-    def set_weights(self, weights, density=None):
-        self.model = np.asarray(weights, dtype=float)
-
-
 class _Closeness:
     name = "closeness"
     weight = 1.0
@@ -50,7 +34,7 @@ class _Closeness:
     def score(self, model, limit=None, *, resume=None):
         self.calls += 1
         value = -float(np.sum((model - TARGET) ** 2))
-        return _Result(value, (value,))
+        return ScoreResult(value, (value,))
 
 
 def _study(baselines=("uniform", "best_single")):
@@ -74,7 +58,7 @@ def test_a_baseline_enqueued_twice_runs_once_and_is_not_counted_twice():
         space.params_for(single_weights(1, 3)), user_attrs={"baseline": "single", "checkpoint": 1}
     )
     scorer = _Closeness()
-    run_worker(study, config, TrialObjective(space, _Weights(), [scorer]), trials=7)
+    run_worker(study, config, TrialObjective(space, WeightsModel(), [scorer]), trials=7)
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -105,7 +89,7 @@ def test_a_baseline_whose_first_trial_failed_runs_again():
     )
     study.add_trial(failed)
     study.enqueue_trial(space.params_for(uniform_weights(3)), user_attrs={"baseline": "uniform"})
-    run_worker(study, config, TrialObjective(space, _Weights(), [_Closeness()]), trials=1)
+    run_worker(study, config, TrialObjective(space, WeightsModel(), [_Closeness()]), trials=1)
     done = study.trials[1]
     assert done.state == TrialState.COMPLETE and DUPLICATE_ATTR not in done.user_attrs
     assert done.user_attrs["baseline"] == "uniform"

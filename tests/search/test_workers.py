@@ -12,8 +12,11 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
-from synthetic import TargetMixtureScorer  # noqa: F401 (the worker script imports it)
-from test_study import _Closeness, _Weights
+from synthetic import (
+    TargetMixtureScorer,  # noqa: F401 (the worker script imports it)
+    WeightsModel,
+)
+from test_study import _Closeness
 
 from hf_recycle._search.baselines import uniform_weights
 from hf_recycle._search.objective import TrialObjective
@@ -71,7 +74,7 @@ def test_a_worker_waits_for_running_trials_instead_of_overrunning_the_budget():
         waits.append(len(study.get_trials(deepcopy=False)))
         study.tell(other, -3.0)
 
-    run_worker(study, config, TrialObjective(space, _Weights(), [scorer]), trials=3, wait=wait)
+    run_worker(study, config, TrialObjective(space, WeightsModel(), [scorer]), trials=3, wait=wait)
     assert waits == [3] and scorer.calls == 0
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 3 == finished_count(trials)
@@ -115,7 +118,7 @@ def test_a_pid_reused_by_another_process_does_not_keep_a_trial_alive():
 
 def test_metric_names_and_weights_are_stored_for_the_dashboard():
     study, config, space = _study()
-    run_worker(study, config, TrialObjective(space, _Weights(), [_Closeness()]), trials=3)
+    run_worker(study, config, TrialObjective(space, WeightsModel(), [_Closeness()]), trials=3)
     assert study.metric_names == ["mean"]
     for t in study.get_trials(deepcopy=False):
         weights = t.user_attrs["weights"][0]
@@ -239,11 +242,11 @@ def test_an_interrupted_trial_runs_again_when_the_search_resumes():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_worker(study, config, TrialObjective(space, _Weights(), [Interrupting()]), trials=3)
+        run_worker(study, config, TrialObjective(space, WeightsModel(), [Interrupting()]), trials=3)
     failed, queued = study.get_trials(deepcopy=False)
     assert failed.state == TrialState.FAIL and queued.state == TrialState.WAITING
     assert queued.system_attrs["failed_trial"] == 0 and queued.user_attrs["baseline"] == "uniform"
     assert queued.params == failed.params == space.params_for(uniform_weights(3))
-    run_worker(study, config, TrialObjective(space, _Weights(), [_Closeness()]), trials=3)
+    run_worker(study, config, TrialObjective(space, WeightsModel(), [_Closeness()]), trials=3)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and done[0].number == 1 and done[0].user_attrs["baseline"] == "uniform"

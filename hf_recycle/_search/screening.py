@@ -1,0 +1,132 @@
+"""Checkpoints that the optimizer leaves out: those that score far below the best on every task alone.
+
+A diverged checkpoint (a run whose loss blew up) scores near zero on every task, and a merge that
+gives it even a small weight often scores zero too; the uniform soup then sits in that region, and
+so does much of the simplex that a sampler explores. The single-checkpoint baselines already say
+which checkpoints these are: ``screen_out`` names every checkpoint whose score alone is, on every
+task, worse than ``ratio`` times the best single score on that task (for a task where lower is
+better: above the best divided by ``ratio``). A task whose best score is not positive does not
+vote, so a checkpoint is left out only when every task says so.
+
+The sampled trials' weights of those checkpoints are then set to 0 (and a simplex row renormalized
+over the others: :func:`mask_weights`); the baselines still merge them as they are defined. The
+sampler keeps its parameters, so a study, its workers and a resume are unchanged; each masked trial
+records what it left out (``screened_out``) and its weights are the ones merged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Trial attribute: the checkpoints whose weight was set to 0 in this trial.
+SCREENED_ATTR = "screened_out"
+
+
+def single_task_scores(trials: Sequence[Any], n_checkpoints: int) -> list[dict[str, float]] | None:
+    """Per-task search scores of each checkpoint alone, from the complete single baselines (None: not all done)."""
+    singles: dict[int, dict[str, float]] = {}
+    for t in trials:
+        if t.user_attrs.get("baseline") == "single" and "scores" in t.user_attrs:
+            singles.setdefault(int(t.user_attrs["checkpoint"]), dict(t.user_attrs["scores"]))
+    if len(singles) < n_checkpoints:
+        return None
+    return [singles[i] for i in range(n_checkpoints)]
+
+
+def screen_out(
+    scores: Sequence[dict[str, float]], higher_is_better: dict[str, bool], ratio: float
+) -> tuple[int, ...]:
+    """The checkpoints that score worse than ``ratio`` times the best single on every task."""
+    tasks = list(higher_is_better)
+    out = []
+    for i, own in enumerate(scores):
+        votes = []
+        for task in tasks:
+            values = [s[task] for s in scores]
+            if higher_is_better[task]:
+                best = max(values)
+                votes.append(best > 0 and own[task] < ratio * best)
+            else:
+                best = min(values)
+                votes.append(best > 0 and own[task] > best / ratio)
+        if votes and all(votes):
+            out.append(i)
+    return tuple(out)
+
+
+def mask_weights(weights: np.ndarray, out: Sequence[int], parameterization: str) -> np.ndarray:
+    """``weights`` ``(G, K)`` with the columns ``out`` set to 0; a simplex row is renormalized over
+    the other checkpoints (a row that had all its weight on them becomes their uniform soup)."""
+    if not out:
+        return weights
+    masked = np.array(weights, dtype=np.float64)
+    masked[:, list(out)] = 0.0
+    if parameterization in ("simplex", "simplex_box"):
+        keep = np.ones(masked.shape[1], dtype=bool)
+        keep[list(out)] = False
+        sums = masked.sum(axis=1, keepdims=True)
+        uniform = np.where(keep, 1.0 / keep.sum(), 0.0)[None, :].repeat(masked.shape[0], axis=0)
+        masked = np.where(sums > 0, masked / np.where(sums > 0, sums, 1.0), uniform)
+    return masked
+
+
+class Screen:
+    """What a study's sampled trials leave out, once every single baseline is scored.
+
+    Args:
+        n_checkpoints: K.
+        higher_is_better: Per task of the search.
+        ratio: The share of the best single score below which (on every task) a checkpoint is left out.
+    """
+
+    def __init__(self, n_checkpoints: int, higher_is_better: dict[str, bool], ratio: float) -> None:
+        self.n_checkpoints = n_checkpoints
+        self.higher_is_better = higher_is_better
+        self.ratio = ratio
+        self._out: tuple[int, ...] | None = None  # fixed once every single is scored
+
+    def out(self, trials: Sequence[Any]) -> tuple[int, ...]:
+        """The checkpoints left out, given the study's complete trials (none before every single is scored)."""
+        if self._out is None:
+            scores = single_task_scores(trials, self.n_checkpoints)
+            if scores is None:
+                return ()
+            self._out = screen_out(scores, self.higher_is_better, self.ratio)
+            if self._out:
+                logger.info(
+                    "sampled trials leave out checkpoint(s) %s: alone, each scores below %g of the best single "
+                    "on every task (search.screen: false keeps them)",
+                    ", ".join(map(str, self._out)),
+                    self.ratio,
+                )
+        return self._out
+
+
+def screened_record(trials: Sequence[Any], pins: Sequence[Any], ratio: float) -> dict[str, Any] | None:
+    """``screened`` of results.json: the checkpoints the sampled trials left out (None: none)."""
+    out = sorted({int(i) for t in trials for i in t.user_attrs.get(SCREENED_ATTR, ())})
+    if not out:
+        return None
+    scores = single_task_scores(trials, len(pins)) or [{} for _ in pins]
+    return {
+        "ratio": ratio,
+        "checkpoints": [{"index": i, "spec": pins[i].spec, "search": scores[i]} for i in out],
+    }
+
+
+def screened_text(results: dict[str, Any]) -> str | None:
+    """One line for the summary and results.md (None: nothing was left out)."""
+    screened = results.get("screened")
+    if not screened:
+        return None
+    specs = ", ".join(c["spec"] for c in screened["checkpoints"])
+    return (
+        f"left out of the sampled merges: {specs} (alone, below {screened['ratio']:g} of the best single "
+        "score on every task; search.screen: false keeps them)"
+    )
