@@ -161,7 +161,7 @@ def _sampler(variant, space, seed):
     return make_sampler(variant, space, seed=seed, n_objectives=1, trials=0)
 
 
-def run_one(variant, param, objective_name, k, seed, trials):
+def run_one(variant, param, objective_name, k, seed, trials, screen=None):
     import optuna
     from optuna.trial import TrialState
 
@@ -178,7 +178,7 @@ def run_one(variant, param, objective_name, k, seed, trials):
     study = create_or_load_study(
         optuna.storages.InMemoryStorage(), "s", config, sampler=_sampler(variant, space, seed)
     )
-    run_worker(study, config, TrialObjective(space, _Weights(), [objective]), trials)
+    run_worker(study, config, TrialObjective(space, _Weights(), [objective], screen=screen), trials)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     base = [t for t in done if "baseline" in t.user_attrs]
     sampled = [t for t in done if "baseline" not in t.user_attrs]
@@ -214,6 +214,12 @@ def main(argv=None):
     parser.add_argument("--ks", default="4,9")
     parser.add_argument("--objectives", default="mixture,face,poisoned,poisoned-mix")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
+    parser.add_argument(
+        "--screen",
+        type=float,
+        default=None,
+        help="search.screen for the sampled trials (e.g. 0.5, the recipe default); unset: off, as before it existed",
+    )
     parser.add_argument("--out", default=str(HERE / "search_parameterization.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -230,7 +236,10 @@ def main(argv=None):
             per_seed = {}
             for variant, param in variants:
                 start = time.perf_counter()
-                runs = [run_one(variant, param, objective_name, k, s, args.trials) for s in range(args.seeds)]
+                runs = [
+                    run_one(variant, param, objective_name, k, s, args.trials, args.screen)
+                    for s in range(args.seeds)
+                ]
                 per_seed[variant, param] = runs
                 row = {
                     "k": k,
@@ -239,6 +248,7 @@ def main(argv=None):
                     "param": param,
                     "seeds": args.seeds,
                     "trials": args.trials,
+                    "screen": args.screen,
                     "sampled": runs[0]["sampled"],
                     "seconds": round(time.perf_counter() - start, 1),
                     **{m: _mean(r[m] for r in runs) for m in ("gain", "regret", "low", "near")},

@@ -299,6 +299,49 @@ def run_one(recipe: dict[str, Any], out: Path, base_dir: Path) -> dict[str, Any]
     return row
 
 
+def top_optimized(row: dict[str, Any], recipe: dict[str, Any], out: Path, base_dir: Path) -> dict[str, Any]:
+    """The optimized trial of best search mean (what a rule without the winner's curse in mind
+    would return): its search mean, its held-out mean (merged with ``hf_recycle.merge`` and scored
+    with ``hf_recycle.score``) and the gap between them."""
+    import shutil
+
+    import optuna
+
+    from hf_recycle import merge, score
+    from hf_recycle._score.tasks import TaskSpec
+
+    study = optuna.load_study(study_name=recipe["name"], storage=f"sqlite:///{out / 'study.db'}")
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE" and "baseline" not in t.user_attrs and "mean" in t.user_attrs
+    ]
+    if not done:
+        return {"trial": None}
+    best = max(done, key=lambda t: t.user_attrs["mean"])
+    folder = out / "top-optimized"
+    shutil.rmtree(folder, ignore_errors=True)
+    merge(
+        recipe["checkpoints"],
+        folder,
+        method=recipe["merge"].get("method", "linear"),
+        weights=best.user_attrs["weights"][0],
+        base=recipe["base"],
+        dtype="float32",
+        device="cpu",
+    )
+    tasks = [TaskSpec.model_validate(t) for t in recipe["tasks"]]
+    held_out = score(folder, tasks, split="test", base_dir=base_dir, device="cpu", dtype="float32").mean
+    shutil.rmtree(folder)
+    search_mean = float(best.user_attrs["mean"])
+    return {
+        "trial": best.number,
+        "search": search_mean,
+        "test": held_out,
+        "curse_gap": search_mean - held_out,
+    }
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -308,6 +351,12 @@ def _vs(row: dict[str, Any], name: str) -> tuple[float, float, float]:
         v = row["vs"][name]
         return v["difference"], v["ci_low"], v["ci_high"]
     return 0.0, 0.0, 0.0  # the returned model is that baseline
+
+
+def _fmean_of(group: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``top_optimized[key]`` over the rows that have it."""
+    values = [r["top_optimized"][key] for r in group if (r.get("top_optimized") or {}).get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, bool, bool]:
@@ -338,6 +387,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "vs_greedy": statistics.fmean(_vs(r, "greedy_soup")[0] for r in group),
                 "worse_beyond_interval": sum(worse),
                 "curse_gap": statistics.fmean(r["curse_gap"] for r in group),
+                "top_test": _fmean_of(group, "test"),
+                "top_curse_gap": _fmean_of(group, "curse_gap"),
                 "low_share": statistics.fmean(r["low_share"] for r in group if r["low_share"] is not None)
                 if any(r["low_share"] is not None for r in group)
                 else None,
@@ -349,12 +400,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _f(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
 def table(summary: list[dict[str, Any]]) -> str:
     head = (
         "| pool | sampler | racing | screen | returned | held-out | best baseline | vs uniform | vs best single "
-        "| vs greedy | worse | curse gap | low share | opt. trials | examples | s/search |\n"
-        + "|"
-        + "---|" * 16
+        "| vs greedy | worse | curse gap | top opt. held-out | top opt. gap | low share | opt. trials "
+        "| examples | s/search |\n" + "|" + "---|" * 18
     )
     lines = [head]
     for s in summary:
@@ -364,7 +418,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             f"| {'on' if s['screen'] else 'off'} | {s['returned']} "
             f"| {s['test']:.3f} | {s['best_baseline_test']:.3f} | {s['vs_uniform']:+.3f} "
             f"| {s['vs_best_single']:+.3f} | {s['vs_greedy']:+.3f} | {s['worse_beyond_interval']}/{s['seeds']} "
-            f"| {s['curse_gap']:+.3f} | {low} | {s['trials']:.1f} | {s['examples']:,.0f} | {s['seconds']:.0f} |"
+            f"| {s['curse_gap']:+.3f} | {_f(s['top_test'], '.3f')} | {_f(s['top_curse_gap'], '+.3f')} | {low} | {s['trials']:.1f} | {s['examples']:,.0f} | {s['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -456,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh:
         done_file.unlink(missing_ok=True)
     done = {}
+    redo = False  # rows completed here: rows.jsonl is written again at the end
     if done_file.is_file():
         for line in done_file.read_text().splitlines():
             row = json.loads(line)
@@ -469,10 +524,16 @@ def main(argv: list[str] | None = None) -> int:
         if not screen:
             name += "-noscreen"
         if name in done:
-            rows.append(done[name])
+            row = done[name]
+            if "top_optimized" not in row:  # a row of an earlier version of this script
+                recipe = recipe_for(name, pool, checkpoints, sampler, seed, trials, racing, screen)
+                row["top_optimized"] = top_optimized(row, recipe, WORK / "runs" / name, pool["data"])
+                redo = True
+            rows.append(row)
             continue
         recipe = recipe_for(name, pool, checkpoints, sampler, seed, trials, racing, screen)
         row = run_one(recipe, WORK / "runs" / name, pool["data"])
+        row["top_optimized"] = top_optimized(row, recipe, WORK / "runs" / name, pool["data"])
         row.update(name=name, pool=pool_name, sampler=sampler, seed=seed, racing=racing, screen=screen)
         rows.append(row)
         with done_file.open("a") as f:
@@ -483,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             f"low {row['low_share']}, examples {row['examples']:,}, {row['seconds']:.0f}s",
             flush=True,
         )
+    if redo:
+        done_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarize(rows)
     result = {
         "config": {

@@ -150,7 +150,8 @@ class SearchSpec(_Strict):
     resident: Literal["auto", "device", "host", "disk"] = "auto"
     memory_limit: str | int = "auto"
     select: SelectSpec = Field(default_factory=SelectSpec)
-    # sampled trials leave out checkpoints scoring below this share of the best single on every task
+    # sampled trials leave out diverged checkpoints (below this share of the best single on every task,
+    # and poisoning the greedy soup): hf_recycle._search.screening
     screen: float | Literal[False] = Field(default=0.5)
 
     @field_validator("screen")

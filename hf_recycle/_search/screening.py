@@ -1,12 +1,18 @@
-"""Checkpoints that the optimizer leaves out: those that score far below the best on every task alone.
+"""Checkpoints that the optimizer leaves out: diverged ones, which poison any merge that includes them.
 
 A diverged checkpoint (a run whose loss blew up) scores near zero on every task, and a merge that
 gives it even a small weight often scores zero too; the uniform soup then sits in that region, and
-so does much of the simplex that a sampler explores. The single-checkpoint baselines already say
-which checkpoints these are: ``screen_out`` names every checkpoint whose score alone is, on every
-task, worse than ``ratio`` times the best single score on that task (for a task where lower is
-better: above the best divided by ``ratio``). A task whose best score is not positive does not
-vote, so a checkpoint is left out only when every task says so.
+so does much of the simplex that a sampler explores. The baselines already say which checkpoints
+these are, and a checkpoint is left out when both hold:
+
+1. alone, it is far below the best on every task (:func:`screen_out`): worse than ``ratio`` times
+   the best single score on that task (for a task where lower is better: above the best divided
+   by ``ratio``); a task whose best score is not positive does not vote;
+2. it poisons a merge (:func:`poisons_greedy_soup`): the greedy soup's step that added it to the
+   soup scored below ``ratio`` times that soup.
+
+A checkpoint that is weak alone but merges well (its greedy step did not collapse) is kept: the
+optimum may need it. Without the greedy soup baseline nothing is left out.
 
 The sampled trials' weights of those checkpoints are then set to 0 (and a simplex row renormalized
 over the others: :func:`mask_weights`); the baselines still merge them as they are defined. The
@@ -37,6 +43,28 @@ def single_task_scores(trials: Sequence[Any], n_checkpoints: int) -> list[dict[s
     if len(singles) < n_checkpoints:
         return None
     return [singles[i] for i in range(n_checkpoints)]
+
+
+def poisons_greedy_soup(
+    single_means: Sequence[float], soups: dict[frozenset[int], float], ratio: float
+) -> set[int] | None:
+    """The checkpoints whose greedy soup step scored below ``ratio`` times the soup it was added to
+    (search means; a soup whose mean is not positive says nothing); ``None`` until the greedy soup ends."""
+    from hf_recycle._search.baselines import greedy_soup_step
+
+    state = greedy_soup_step(single_means, soups)
+    if not state.done:
+        return None
+    members = frozenset([state.order[0]])
+    score = float(single_means[state.order[0]])
+    out = set()
+    for candidate in state.order[1:]:
+        tried = soups[members | {candidate}]
+        if score > 0 and tried < ratio * score:
+            out.add(candidate)
+        if tried > score:
+            members, score = members | {candidate}, tried
+    return out
 
 
 def screen_out(
@@ -94,15 +122,24 @@ class Screen:
     def out(self, trials: Sequence[Any]) -> tuple[int, ...]:
         """The checkpoints left out, given the study's complete trials (none before every single is scored)."""
         if self._out is None:
+            from hf_recycle._search.study import single_scores, soup_scores
+
             scores = single_task_scores(trials, self.n_checkpoints)
-            if scores is None:
+            means = single_scores(trials, self.n_checkpoints)
+            if scores is None or means is None:
                 return ()
-            self._out = screen_out(scores, self.higher_is_better, self.ratio)
+            poisons = poisons_greedy_soup(means, soup_scores(trials, self.n_checkpoints), self.ratio)
+            if poisons is None:
+                return ()
+            weak = screen_out(scores, self.higher_is_better, self.ratio)
+            self._out = tuple(i for i in weak if i in poisons)
             if self._out:
                 logger.info(
                     "sampled trials leave out checkpoint(s) %s: alone, each scores below %g of the best single "
-                    "on every task (search.screen: false keeps them)",
+                    "on every task, and adding it to the greedy soup dropped the soup's score below %g of what "
+                    "it was (search.screen: false keeps them)",
                     ", ".join(map(str, self._out)),
+                    self.ratio,
                     self.ratio,
                 )
         return self._out
@@ -128,5 +165,5 @@ def screened_text(results: dict[str, Any]) -> str | None:
     specs = ", ".join(c["spec"] for c in screened["checkpoints"])
     return (
         f"left out of the sampled merges: {specs} (alone, below {screened['ratio']:g} of the best single "
-        "score on every task; search.screen: false keeps them)"
+        "score on every task, and it poisoned the greedy soup; search.screen: false keeps them)"
     )

@@ -14,6 +14,7 @@ from hf_recycle._search.objective import TrialObjective
 from hf_recycle._search.screening import (
     SCREENED_ATTR,
     mask_weights,
+    poisons_greedy_soup,
     screen_out,
     screened_record,
     screened_text,
@@ -45,6 +46,17 @@ def test_a_checkpoint_far_below_the_best_on_every_task_is_out_a_specialist_is_no
     assert screen_out([{"a": 0.0, "b": 0.5}, {"a": 0.0, "b": 0.1}], UP, 0.5) == ()
 
 
+def test_a_checkpoint_poisons_when_its_greedy_step_collapses_the_soup():
+    singles = [0.8, 0.3, 0.0, 0.1]  # greedy order: 0, 1, 3, 2
+    f = frozenset
+    soups = {f({0, 1}): 0.85, f({0, 1, 3}): 0.5, f({0, 1, 2}): 0.1}
+    # 1 joins the soup (0.85); 3 lowers it but not below half; 2 collapses it
+    assert poisons_greedy_soup(singles, soups, 0.5) == {2}
+    assert poisons_greedy_soup(singles, {f({0, 1}): 0.85}, 0.5) is None  # the greedy soup goes on
+    # a soup whose score is not positive says nothing
+    assert poisons_greedy_soup([-0.2, -0.5], {f({0, 1}): -3.0}, 0.5) == set()
+
+
 def test_masked_weights_renormalize_a_simplex_row_and_only_zero_other_spaces():
     w = np.array([[0.2, 0.3, 0.5], [0.0, 0.0, 1.0]])
     got = mask_weights(w, (2,), "simplex")
@@ -74,7 +86,7 @@ def _study(screen):
         checkpoints=["a", "b", "c"],
         tasks=["task"],
         directions=[True],
-        baselines=("uniform", "best_single"),
+        baselines=("uniform", "best_single", "greedy_soup"),
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_or_load_study(
@@ -84,7 +96,7 @@ def _study(screen):
     written = []
     set_weights = model.set_weights
     model.set_weights = lambda w, d=None: (written.append(np.array(w)), set_weights(w, d))
-    run_worker(study, config, TrialObjective(space, model, [_Poisoned()], screen=screen), trials=14)
+    run_worker(study, config, TrialObjective(space, model, [_Poisoned()], screen=screen), trials=16)
     return study, written
 
 
@@ -93,7 +105,7 @@ def test_sampled_trials_give_no_weight_to_a_diverged_checkpoint_the_baselines_st
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     baselines = [t for t in trials if "baseline" in t.user_attrs]
     sampled = [t for t in trials if "baseline" not in t.user_attrs]
-    assert len(baselines) == 4 and len(sampled) == 10
+    assert len(baselines) == 6 and len(sampled) == 10  # uniform, 3 singles, 2 greedy steps
     assert [t.user_attrs["weights"][0][2] for t in baselines if t.user_attrs["baseline"] == "uniform"] == [
         pytest.approx(1 / 3)
     ]
