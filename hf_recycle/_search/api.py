@@ -23,6 +23,7 @@ import numpy as np
 from hf_recycle._search.objective import Scorer, TrialObjective, macro_mean, score_all, write_candidate
 from hf_recycle._search.outcome import SearchResults
 from hf_recycle._search.samplers import make_sampler
+from hf_recycle._search.screening import screen_ratio
 from hf_recycle._search.space import SearchSpace, group_tensors
 from hf_recycle._search.study import (
     StudyConfig,
@@ -386,7 +387,7 @@ def search(
             spec.objective,
             spec.pruning_fraction if spec.pruning else None,
             racing=spec.racing_spec,
-            screen=spec.screen if spec.screen is not False else None,
+            screen=screen_ratio(spec),
         )
         _run_with_progress(study_obj, setup, objective, lock, progress)
         from hf_recycle._search.results import build_results

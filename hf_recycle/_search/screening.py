@@ -7,12 +7,15 @@ these are, and a checkpoint is left out when both hold:
 
 1. alone, it is far below the best on every task (:func:`screen_out`): worse than ``ratio`` times
    the best single score on that task (for a task where lower is better: above the best divided
-   by ``ratio``); a task whose best score is not positive does not vote;
+   by ``ratio``); a task whose best score is not positive (a loglikelihood) does not vote, and
+   with no task voting nothing is left out;
 2. it poisons a merge (:func:`poisons_greedy_soup`): the greedy soup's step that added it to the
-   soup scored below ``ratio`` times that soup.
+   soup scored below ``ratio`` times that soup (for a soup whose search mean is negative: below
+   that mean divided by ``ratio``).
 
 A checkpoint that is weak alone but merges well (its greedy step did not collapse) is kept: the
-optimum may need it. Without the greedy soup baseline nothing is left out.
+optimum may need it. Without the greedy soup baseline nothing is left out (the caller checks:
+with two checkpoints the uniform soup is the greedy soup's only step).
 
 The sampled trials' weights of those checkpoints are then set to 0 (and a simplex row renormalized
 over the others: :func:`mask_weights`); the baselines still merge them as they are defined. The
@@ -48,8 +51,9 @@ def single_task_scores(trials: Sequence[Any], n_checkpoints: int) -> list[dict[s
 def poisons_greedy_soup(
     single_means: Sequence[float], soups: dict[frozenset[int], float], ratio: float
 ) -> set[int] | None:
-    """The checkpoints whose greedy soup step scored below ``ratio`` times the soup it was added to
-    (search means; a soup whose mean is not positive says nothing); ``None`` until the greedy soup ends."""
+    """The checkpoints whose greedy soup step dropped the soup it was added to below ``ratio`` times
+    its search mean (a negative mean: below it divided by ``ratio``; a zero mean says nothing);
+    ``None`` until the greedy soup ends."""
     from hf_recycle._search.baselines import greedy_soup_step
 
     state = greedy_soup_step(single_means, soups)
@@ -60,7 +64,7 @@ def poisons_greedy_soup(
     out = set()
     for candidate in state.order[1:]:
         tried = soups[members | {candidate}]
-        if score > 0 and tried < ratio * score:
+        if (score > 0 and tried < ratio * score) or (score < 0 and tried < score / ratio):
             out.add(candidate)
         if tried > score:
             members, score = members | {candidate}, tried
@@ -70,22 +74,29 @@ def poisons_greedy_soup(
 def screen_out(
     scores: Sequence[dict[str, float]], higher_is_better: dict[str, bool], ratio: float
 ) -> tuple[int, ...]:
-    """The checkpoints that score worse than ``ratio`` times the best single on every task."""
+    """The checkpoints that score worse than ``ratio`` times the best single on every task that votes
+    (one whose best score is positive); none when no task votes."""
     tasks = list(higher_is_better)
     out = []
     for i, own in enumerate(scores):
         votes = []
         for task in tasks:
             values = [s[task] for s in scores]
-            if higher_is_better[task]:
-                best = max(values)
-                votes.append(best > 0 and own[task] < ratio * best)
-            else:
-                best = min(values)
-                votes.append(best > 0 and own[task] > best / ratio)
+            best = max(values) if higher_is_better[task] else min(values)
+            if best <= 0:  # a ratio of a score that is not positive means nothing: no vote
+                continue
+            votes.append(own[task] < ratio * best if higher_is_better[task] else own[task] > best / ratio)
         if votes and all(votes):
             out.append(i)
     return tuple(out)
+
+
+def screen_ratio(search: Any) -> float | None:
+    """The recipe's ``search.screen`` when sampled trials are screened, else None: ``screen: false``,
+    or no ``greedy_soup`` baseline (its steps are the second sign)."""
+    if search.screen is False or "greedy_soup" not in search.baselines:
+        return None
+    return float(search.screen)
 
 
 def mask_weights(weights: np.ndarray, out: Sequence[int], parameterization: str) -> np.ndarray:
@@ -133,6 +144,13 @@ class Screen:
                 return ()
             weak = screen_out(scores, self.higher_is_better, self.ratio)
             self._out = tuple(i for i in weak if i in poisons)
+            if len(self._out) == self.n_checkpoints - 1:  # the greedy soup's first member is never out
+                logger.warning(
+                    "screening leaves one of %d checkpoints in the sampled trials, so they all merge the same "
+                    "weights: drop the diverged checkpoint(s) %s from the pool, or set search.screen: false",
+                    self.n_checkpoints,
+                    ", ".join(map(str, self._out)),
+                )
             if self._out:
                 logger.info(
                     "sampled trials leave out checkpoint(s) %s: alone, each scores below %g of the best single "

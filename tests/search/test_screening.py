@@ -16,6 +16,7 @@ from hf_recycle._search.screening import (
     mask_weights,
     poisons_greedy_soup,
     screen_out,
+    screen_ratio,
     screened_record,
     screened_text,
 )
@@ -41,9 +42,11 @@ def test_a_checkpoint_far_below_the_best_on_every_task_is_out_a_specialist_is_no
     # a loss (lower is better): out when above best / ratio on every task
     losses = [{"a": 1.0, "b": 0.9}, {"a": 2.5, "b": 1.9}, {"a": 2.1, "b": 1.7}]
     assert screen_out(losses, {"a": False, "b": False}, 0.5) == (1,)
-    # a task whose best score is not positive says nothing: no checkpoint is out
+    # a task whose best score is not positive (a loglikelihood) does not vote; the others decide
     assert screen_out([{"a": -1.0}, {"a": -9.0}], {"a": True}, 0.5) == ()
-    assert screen_out([{"a": 0.0, "b": 0.5}, {"a": 0.0, "b": 0.1}], UP, 0.5) == ()
+    assert screen_out([{"a": 0.0, "b": 0.5}, {"a": 0.0, "b": 0.1}], UP, 0.5) == (1,)
+    assert screen_out([{"a": -1.0, "b": 0.5}, {"a": -9.0, "b": 0.1}], UP, 0.5) == (1,)
+    assert screen_out([{"a": -1.0, "b": 0.5}, {"a": -9.0, "b": 0.4}], UP, 0.5) == ()
 
 
 def test_a_checkpoint_poisons_when_its_greedy_step_collapses_the_soup():
@@ -53,8 +56,10 @@ def test_a_checkpoint_poisons_when_its_greedy_step_collapses_the_soup():
     # 1 joins the soup (0.85); 3 lowers it but not below half; 2 collapses it
     assert poisons_greedy_soup(singles, soups, 0.5) == {2}
     assert poisons_greedy_soup(singles, {f({0, 1}): 0.85}, 0.5) is None  # the greedy soup goes on
-    # a soup whose score is not positive says nothing
-    assert poisons_greedy_soup([-0.2, -0.5], {f({0, 1}): -3.0}, 0.5) == set()
+    # a negative mean (a loglikelihood): the step poisons when it drops below the mean / ratio
+    assert poisons_greedy_soup([-0.2, -0.5], {f({0, 1}): -3.0}, 0.5) == {1}
+    assert poisons_greedy_soup([-0.2, -0.5], {f({0, 1}): -0.3}, 0.5) == set()
+    assert poisons_greedy_soup([0.0, -0.5], {f({0, 1}): -3.0}, 0.5) == set()  # a zero mean says nothing
 
 
 def test_masked_weights_renormalize_a_simplex_row_and_only_zero_other_spaces():
@@ -79,11 +84,24 @@ class _Poisoned:
         return ScoreResult(float(np.mean(per)), per)
 
 
-def _study(screen):
-    space = SearchSpace(3)
+class _PoisonedPair(_Poisoned):
+    """Two checkpoints: 0 healthy, 1 diverged (0 alone; any merge with > 1% of it scores 0)."""
+
+    table = np.random.default_rng(0).random((20, 2)) * np.array([0.9, 0.0])
+
+    def score(self, model, limit=None, *, resume=None):
+        w = np.ravel(model)
+        per = tuple(float(x) for x in (self.table @ w if w[1] <= 0.01 else np.zeros(20)))
+        return ScoreResult(float(np.mean(per)), per)
+
+
+def _study(screen, scorer=None):
+    scorer = scorer or _Poisoned()
+    k = scorer.table.shape[1]
+    space = SearchSpace(k)
     config = StudyConfig(
         space=space,
-        checkpoints=["a", "b", "c"],
+        checkpoints=list("abc"[:k]),
         tasks=["task"],
         directions=[True],
         baselines=("uniform", "best_single", "greedy_soup"),
@@ -96,7 +114,7 @@ def _study(screen):
     written = []
     set_weights = model.set_weights
     model.set_weights = lambda w, d=None: (written.append(np.array(w)), set_weights(w, d))
-    run_worker(study, config, TrialObjective(space, model, [_Poisoned()], screen=screen), trials=16)
+    run_worker(study, config, TrialObjective(space, model, [scorer], screen=screen), trials=16)
     return study, written
 
 
@@ -134,6 +152,16 @@ def test_sampled_trials_give_no_weight_to_a_diverged_checkpoint_the_baselines_st
     assert screened_record(unscreened.get_trials(), pins, 0.5) is None
 
 
+def test_two_checkpoints_one_diverged_leaves_one_and_warns(caplog):
+    # with two checkpoints the uniform soup is the greedy soup's only step: it collapsed
+    with caplog.at_level("WARNING", logger="hf_recycle._search.screening"):
+        study, _ = _study(screen=0.5, scorer=_PoisonedPair())
+    sampled = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "baseline" not in t.user_attrs]
+    assert sampled and all(t.user_attrs[SCREENED_ATTR] == [1] for t in sampled)
+    assert all(t.user_attrs["weights"][0] == [1.0, 0.0] for t in sampled)
+    assert "leaves one of 2 checkpoints" in caplog.text and "search.screen: false" in caplog.text
+
+
 def test_search_screen_setting(tmp_path):
     text = "name: r\ncheckpoints: [./a, ./b]\nsearch:\n{}tasks:\n  - {{name: t, data: json, prompt: q, target: a}}\n"
     assert Recipe.from_text(text.format("  trials: 5\n"), "r.yaml").search.screen == 0.5
@@ -143,3 +171,8 @@ def test_search_screen_setting(tmp_path):
         RecipeError, match=r"r.yaml:4: search.screen: .*between 0 and 1 \(e.g. 0.5\), or false"
     ):
         Recipe.from_text(text.format("  screen: 2\n"), "r.yaml")
+    # screening is on with the greedy soup baseline only (its steps are the second sign)
+    assert screen_ratio(Recipe.from_text(text.format("  screen: 0.25\n"), "r.yaml").search) == 0.25
+    assert screen_ratio(Recipe.from_text(text.format("  screen: false\n"), "r.yaml").search) is None
+    no_greedy = "  baselines: [uniform, best_single]\n"
+    assert screen_ratio(Recipe.from_text(text.format(no_greedy), "r.yaml").search) is None

@@ -249,6 +249,36 @@ class NoiseScorer:
         return Result(self.name, float(np.mean(per)), per, True, len(per))
 
 
+class NoiseGainScorer(NoiseScorer):
+    """Coin flips again, but an optimized merge wins a little: a baseline's merge (uniform over some
+    of ``checkpoints``, weights read back from the live embedding by least squares) gets exactly
+    half of the examples right, any other merge ``gain`` more, at pseudo-random places. So every
+    optimized trial beats every baseline on the search split, by a margin that noise explains."""
+
+    def __init__(self, checkpoints, gain=2, num_examples=40):
+        super().__init__(num_examples=num_examples)
+        self.gain = gain
+        key = "model.embed_tokens.weight"
+        self.key = key
+        self.columns = torch.stack([load_state_dict(p)[key].float().ravel() for p in checkpoints], 1)
+
+    def weights(self, model):
+        live = dict(model.named_parameters())[self.key].detach().float().ravel()
+        return torch.linalg.lstsq(self.columns, live[:, None]).solution.ravel().numpy()
+
+    def score(self, model, limit=None, *, resume=None):
+        self.calls += 1
+        w = self.weights(model)
+        members = w[np.abs(w) > 1e-3]
+        baseline = bool(np.allclose(members, members[0], atol=1e-3))
+        digest = hashlib.sha256(np.round(w, 4).tobytes()).digest()
+        order = np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(self.num_examples)
+        bits = np.zeros(self.num_examples)
+        bits[order[: self.num_examples // 2 + (0 if baseline else self.gain)]] = 1.0
+        per = tuple(float(b) for b in bits[: limit or self.num_examples])
+        return Result(self.name, float(np.mean(per)), per, True, len(per))
+
+
 def _complete(out):
     import optuna
 
@@ -261,12 +291,14 @@ def test_search_with_noise_gains_returns_the_best_baseline(llama_pool, tmp_path)
     from hf_recycle._search.report import summary_text
 
     _, ckpts = llama_pool
-    scorer = NoiseScorer()
+    scorer = NoiseGainScorer(ckpts)
     res = search(synthetic_recipe(ckpts, tmp_path, trials=20, sampler="random"), scorers=[scorer])
     study, complete = _complete(tmp_path)
     assert all(len(t.system_attrs[PER_EXAMPLE_ATTR]["noise"]) == 40 for t in complete)  # what it tests on
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 20
+    for t in complete:  # the scorer read each trial's merge weights back from the live model
+        assert t.user_attrs["mean"] == (0.5 if "baseline" in t.user_attrs else 0.55)
     naive = max(complete, key=lambda t: (t.user_attrs["mean"], -t.number))
     assert "baseline" not in naive.user_attrs  # the search's best is an optimized trial...
     baselines = res["baselines"]
