@@ -13,6 +13,16 @@ class CmaEs(SamplerAdapter):
     order = 0
 
     def build(self, space, *, seed, n_objectives, trials):
+        import warnings
+
+        import optuna
+
         from hf_recycle._search.samplers._start import BaselineStartCmaEsSampler
 
-        return BaselineStartCmaEsSampler(seed=seed, warn_independent_sampling=False)
+        # a raced-out trial counts in its generation at its last reported mean (samplers/_pruned.py);
+        # Optuna marks the setting experimental
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return BaselineStartCmaEsSampler(
+                seed=seed, warn_independent_sampling=False, consider_pruned_trials=True
+            )

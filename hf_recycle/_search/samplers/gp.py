@@ -12,6 +12,6 @@ class Gp(SamplerAdapter):
     order = 2
 
     def build(self, space, *, seed, n_objectives, trials):
-        import optuna
+        from hf_recycle._search.samplers._pruned import PrunedAwareGPSampler
 
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+        return PrunedAwareGPSampler(seed=seed, n_startup_trials=5)
