@@ -73,14 +73,14 @@ def test_masked_weights_renormalize_a_simplex_row_and_only_zero_other_spaces():
 
 
 class _Poisoned:
-    """Example i of merge w scores ``table[i] · w``, and 0 when checkpoint 2 (diverged) gets > 1% weight."""
+    """Example i of merge w scores ``table[i] · w``, and 0 when the last checkpoint (diverged: 2) gets > 1% weight."""
 
     name, weight, higher_is_better, num_examples = "task", 1.0, True, 20
     table = np.random.default_rng(0).random((20, 3)) * np.array([0.9, 0.7, 0.0])
 
     def score(self, model, limit=None, *, resume=None):
         w = np.ravel(model)
-        per = tuple(float(x) for x in (self.table @ w if w[2] <= 0.01 else np.zeros(20)))
+        per = tuple(float(x) for x in (self.table @ w if w[-1] <= 0.01 else np.zeros(20)))
         return ScoreResult(float(np.mean(per)), per)
 
 
@@ -88,11 +88,6 @@ class _PoisonedPair(_Poisoned):
     """Two checkpoints: 0 healthy, 1 diverged (0 alone; any merge with > 1% of it scores 0)."""
 
     table = np.random.default_rng(0).random((20, 2)) * np.array([0.9, 0.0])
-
-    def score(self, model, limit=None, *, resume=None):
-        w = np.ravel(model)
-        per = tuple(float(x) for x in (self.table @ w if w[1] <= 0.01 else np.zeros(20)))
-        return ScoreResult(float(np.mean(per)), per)
 
 
 def _study(screen, scorer=None):

@@ -237,15 +237,18 @@ class NoiseScorer:
     higher_is_better: bool = True
     calls: int = 0
 
-    def score(self, model, limit=None, *, resume=None):
-        self.calls += 1
+    def bits(self, model):
+        """Each example's score (0 or 1) for the live ``model``."""
         digest = hashlib.sha256()
         for _, param in sorted(model.named_parameters()):
             digest.update(param.detach().float().numpy().round(5).tobytes())
-        bits = np.random.default_rng(int.from_bytes(digest.digest()[:8], "little")).integers(
+        return np.random.default_rng(int.from_bytes(digest.digest()[:8], "little")).integers(
             0, 2, self.num_examples
         )
-        per = tuple(float(b) for b in bits[: limit or self.num_examples])
+
+    def score(self, model, limit=None, *, resume=None):
+        self.calls += 1
+        per = tuple(float(b) for b in self.bits(model)[: limit or self.num_examples])
         return Result(self.name, float(np.mean(per)), per, True, len(per))
 
 
@@ -258,16 +261,14 @@ class NoiseGainScorer(NoiseScorer):
     def __init__(self, checkpoints, gain=2, num_examples=40):
         super().__init__(num_examples=num_examples)
         self.gain = gain
-        key = "model.embed_tokens.weight"
-        self.key = key
-        self.columns = torch.stack([load_state_dict(p)[key].float().ravel() for p in checkpoints], 1)
+        self.key = "model.embed_tokens.weight"
+        self.columns = torch.stack([load_state_dict(p)[self.key].float().ravel() for p in checkpoints], 1)
 
     def weights(self, model):
         live = dict(model.named_parameters())[self.key].detach().float().ravel()
         return torch.linalg.lstsq(self.columns, live[:, None]).solution.ravel().numpy()
 
-    def score(self, model, limit=None, *, resume=None):
-        self.calls += 1
+    def bits(self, model):
         w = self.weights(model)
         members = w[np.abs(w) > 1e-3]
         baseline = bool(np.allclose(members, members[0], atol=1e-3))
@@ -275,8 +276,7 @@ class NoiseGainScorer(NoiseScorer):
         order = np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(self.num_examples)
         bits = np.zeros(self.num_examples)
         bits[order[: self.num_examples // 2 + (0 if baseline else self.gain)]] = 1.0
-        per = tuple(float(b) for b in bits[: limit or self.num_examples])
-        return Result(self.name, float(np.mean(per)), per, True, len(per))
+        return bits
 
 
 def _complete(out):
