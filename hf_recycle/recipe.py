@@ -92,7 +92,8 @@ class SelectSpec(_Strict):
     Attributes:
         top: Optimized trials of best search mean that are tested against the best baseline
             (and scored on the validation splits when the tasks have them).
-        alpha: Family-wise error rate of those tests (Bonferroni-corrected).
+        alpha: Family-wise error rate of those tests (max-T adjusted over the candidates on
+            validation, Bonferroni over the trials tried without it).
     """
 
     top: int = Field(default=5, gt=0)
@@ -112,7 +113,7 @@ class RacingSpec(_Strict):
     """
 
     rungs: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5])
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    confidence: float = Field(default=0.8, gt=0.5, lt=1)
     min_examples: int = Field(default=20, ge=2)
 
     @field_validator("rungs")

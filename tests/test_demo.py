@@ -22,6 +22,7 @@ from hf_recycle.demo.tasks import (
     TASK_NAMES,
     TASKS,
     TEST_SIZE,
+    VALIDATION_SIZE,
     TrainingStream,
     eval_examples,
     mixture_of,
@@ -55,8 +56,9 @@ def test_demo_recipe_matches_the_tasks():
         # room for the longest answer and its EOS: a correct answer must also stop
         assert spec.max_new_tokens == task.max_answer_chars + 1
         assert spec.search_split == f"train[:{SEARCH_SIZE}]"
-        assert spec.test_split == f"train[{SEARCH_SIZE}:]"
-    assert all(len(eval_examples(t)) == SEARCH_SIZE + TEST_SIZE for t in TASK_NAMES)
+        assert spec.validation_split == f"train[{SEARCH_SIZE}:{SEARCH_SIZE + VALIDATION_SIZE}]"
+        assert spec.test_split == f"train[{SEARCH_SIZE + VALIDATION_SIZE}:]"
+    assert all(len(eval_examples(t)) == SEARCH_SIZE + VALIDATION_SIZE + TEST_SIZE for t in TASK_NAMES)
     # every baseline trial (uniform, K singles, K - 1 greedy soups), then at least ten
     # generations of CMA-ES (population 4 + floor(3 ln K)) of its own
     k = len(DEMO_PLAN)

@@ -237,15 +237,15 @@ def selection_markdown(results: Mapping[str, Any]) -> list[str]:
             "",
             "| trial | search mean | "
             + ("validation mean | " if on_validation else "")
-            + f"− {reference} | p | beats it |",
-            "|---|---|" + ("---|" if on_validation else "") + "---|---|---|",
+            + f"− {reference} | p | adjusted p | beats it |",
+            "|---|---|" + ("---|" if on_validation else "") + "---|---|---|---|",
         ]
         for row in rows:
             lines.append(
                 f"| {row['trial']} | {format_score(row['search'])} | "
                 + (f"{format_score(row.get('validation'))} | " if on_validation else "")
                 + (f"{row['difference']:+.4g}" if row.get("difference") is not None else "–")
-                + f" | {format_score(row.get('p_value'))} | "
+                + f" | {format_score(row.get('p_value'))} | {format_score(row.get('p_adjusted'))} | "
                 + ("yes" if row.get("passed") else "no" if "passed" in row else "–")
                 + " |"
             )

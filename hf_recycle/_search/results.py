@@ -27,10 +27,10 @@ being the task-weighted macro-average with lower-is-better tasks negated)::
                                   p_not_better}} for every baseline but the winner itself; null without
                                   test splits
     selection                    how the winner was chosen (:mod:`hf_recycle._search.selection`):
-                                  {split, rule, top, tried, baseline, test, resamples, correction, tests,
-                                  alpha, threshold, candidates [{trial, search, [validation], difference,
-                                  p_value, passed}], chosen {trial, baseline}, baseline_returned,
-                                  chosen_because}
+                                  {split, rule, top, tried, baseline, test, resamples, correction
+                                  (max-t | bonferroni), tests, alpha, candidates [{trial, search,
+                                  [validation], difference, p_value, p_adjusted, passed}], chosen
+                                  {trial, baseline}, baseline_returned, chosen_because}
     pareto                       (objective pareto) the front, each member like winner plus its own
                                   comparison (vs the chosen baseline) and comparisons (vs each baseline)
     plots                        paths of the PNGs, relative to the output folder

@@ -7,15 +7,18 @@ uniform soup. So the search does not simply return it:
 - **With a validation split** (every task has ``validation_split``, which the optimizer never
   sees): the ``search.select.top`` optimized trials of best search mean (``M``) and the
   baselines are scored on it. The reference is the baseline of best validation mean. An
-  optimized trial *beats* it when a one-sided paired sign-flip test on the validation
-  examples gives ``p <= alpha / M`` (Bonferroni over the ``M`` candidates, which were chosen
-  without looking at the validation split). The winner is the candidate of best validation
+  optimized trial *beats* it when its one-sided paired sign-flip test on the validation
+  examples, max-T adjusted over the ``M`` candidates (:func:`sign_flip_max_test`; they were
+  chosen without looking at the validation split), gives ``p_adjusted <= alpha``. Max-T is
+  exact for the family and sharper than Bonferroni (``p <= alpha / M``) when the candidates
+  are alike, as the top trials of a search are. The winner is the candidate of best validation
   mean among those that beat the reference; when none does, it is the reference baseline.
 - **Without one**: the reference is the baseline of best search mean, and the ``M`` best
-  optimized trials are tested against it on the search examples with ``p <= alpha / N``, ``N``
-  being every optimized trial the study ran (complete or pruned): each was a candidate the
-  search looked at. The optimizer chose its trials by looking at these same examples, so
-  this correction is an approximation: a validation split is the clean way.
+  optimized trials are tested against it on the search examples with Bonferroni over ``N``,
+  every optimized trial the study ran (complete or pruned; each was a candidate the search
+  looked at, and a raced-out one has no scores on every example for a max-T): ``p_adjusted =
+  N p <= alpha``. The optimizer chose its trials by looking at these same examples, so this
+  correction is an approximation: a validation split is the clean way.
 
 The test (:func:`sign_flip_test`): under the null hypothesis that the candidate is no better
 than the baseline, each example's difference is as likely to have either sign; the p-value is
@@ -69,13 +72,115 @@ EXACT_MAX = 16
 #: The fewest random sign patterns of the Monte Carlo p-value.
 MIN_RESAMPLES = 10_000
 TEST_NAME = "one-sided paired sign-flip test of the task-weighted macro-average of per-example scores"
-CORRECTION = "bonferroni"
 
 
 def baseline_label(name: str, checkpoint: int | None = None) -> str:
     """``uniform`` -> ``uniform soup``; ``best_single`` with its checkpoint -> ``best single checkpoint (#2)``."""
     label = BASELINE_LABELS.get(name, name)
     return f"{label} (#{checkpoint})" if name == "best_single" and checkpoint is not None else label
+
+
+def _signed_parts(
+    a: Mapping[str, Sequence[float]],
+    b: Mapping[str, Sequence[float]],
+    weights: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+) -> np.ndarray:
+    """Per example, its share of the statistic: ``(a − b) · s_t w_t / W / n_t`` (the statistic is the sum)."""
+    total = math.fsum(weights[t] for t in a)
+    parts = []
+    for t in a:
+        x, y = np.asarray(a[t], dtype=np.float64), np.asarray(b[t], dtype=np.float64)
+        if x.shape != y.shape or x.size == 0:
+            raise ValueError(f"task '{t}': paired scores need the same non-empty examples for both models")
+        sign = 1.0 if higher_is_better[t] else -1.0
+        parts.append((x - y) * (sign * weights[t] / total / x.size))
+    return np.concatenate(parts)
+
+
+def sign_flip_max_test(
+    candidates: Sequence[Mapping[str, Sequence[float]]],
+    b: Mapping[str, Sequence[float]],
+    weights: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+    *,
+    resamples: int = MIN_RESAMPLES,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One-sided paired sign-flip tests that each candidate beats model B, adjusted for their number.
+
+    The adjustment is the single-step max-T of Westfall and Young: one sign pattern flips the
+    same examples of every candidate, each candidate's statistic is divided by its standard
+    deviation over the patterns (``√Σv²``, so that no candidate rules the max by differing from
+    B on more examples), and a candidate's adjusted p-value is the share of patterns whose
+    *largest* standardized statistic over the candidates is at least its observed one. This
+    controls the family-wise error rate like Bonferroni does, but counts how alike the
+    candidates are: ``M`` near-identical merges cost about one test, not ``M``. With one
+    candidate it is the plain test (:func:`sign_flip_test`).
+
+    Args:
+        candidates: Per candidate, per task, per-example scores (the examples of ``b``, in its order).
+        b: Per task, per-example scores of the model the candidates are held against.
+        weights: Task weights.
+        higher_is_better: Task directions.
+        resamples: Random sign patterns when more than :data:`EXACT_MAX` examples differ.
+        seed: Seed of the random patterns.
+
+    Returns:
+        Per candidate, ``{"difference", "p_value", "p_adjusted", "exact"}``: its macro-average
+        minus that of B, its own p-value, the max-T adjusted one, and whether every pattern was
+        enumerated (else the Monte Carlo ``(1 + hits) / (1 + resamples)``, valid for both).
+
+    Raises:
+        ValueError: A candidate was scored on other examples than B.
+    """
+    if not candidates:
+        return []
+    v = np.stack([_signed_parts(a, b, weights, higher_is_better) for a in candidates], axis=1)  # n x M
+    differences = v.sum(axis=0)
+    v = v[np.any(v != 0, axis=1)]  # flipping an example no candidate differs on changes nothing
+    n = v.shape[0]
+    if n == 0:
+        return [
+            {"difference": float(d), "p_value": 1.0, "p_adjusted": 1.0, "exact": True} for d in differences
+        ]
+    # each statistic over its sign-flip standard deviation (√Σv², the same for every pattern): the
+    # max is then not ruled by the candidate that differs from B on the most examples
+    spread = np.sqrt(np.square(v).sum(axis=0))
+    spread[spread == 0] = 1.0
+    cut = (
+        differences - 1e-9 * np.abs(v).sum(axis=0)
+    ) / spread  # the observed pattern counts despite rounding
+    v = v / spread
+    if n <= EXACT_MAX:
+        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+        stats = (2 * bits - 1) @ v
+        own = np.mean(stats >= cut, axis=0)
+        adjusted = np.mean(stats.max(axis=1)[:, None] >= cut, axis=0)
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        hits, max_hits = np.zeros(v.shape[1]), np.zeros(v.shape[1])
+        left, rows, total = int(resamples), max(1, (1 << 22) // (n * v.shape[1])), v.sum(axis=0)
+        while left > 0:
+            r = min(rows, left)
+            # random bits (8 per random byte), the signs are 2 bits - 1: a statistic is 2 bits @ v - Σv
+            bits = np.unpackbits(rng.integers(0, 256, (r, (n + 7) // 8), dtype=np.uint8), axis=1, count=n)
+            stats = 2.0 * (bits.astype(np.float64) @ v) - total
+            hits += np.count_nonzero(stats >= cut, axis=0)
+            max_hits += np.count_nonzero(stats.max(axis=1)[:, None] >= cut, axis=0)
+            left -= r
+        count = 1 + int(resamples)
+        own, adjusted, exact = (1 + hits) / count, (1 + max_hits) / count, False
+    return [
+        {
+            "difference": float(differences[j]),
+            "p_value": float(own[j]),
+            "p_adjusted": float(adjusted[j]),
+            "exact": exact,
+        }
+        for j in range(v.shape[1])
+    ]
 
 
 def sign_flip_test(
@@ -106,34 +211,8 @@ def sign_flip_test(
     Raises:
         ValueError: The two models were scored on different examples.
     """
-    total = math.fsum(weights[t] for t in a)
-    parts = []
-    for t in a:
-        x, y = np.asarray(a[t], dtype=np.float64), np.asarray(b[t], dtype=np.float64)
-        if x.shape != y.shape or x.size == 0:
-            raise ValueError(f"task '{t}': paired scores need the same non-empty examples for both models")
-        sign = 1.0 if higher_is_better[t] else -1.0
-        parts.append((x - y) * (sign * weights[t] / total / x.size))
-    v = np.concatenate(parts)  # the statistic of a sign pattern s is s @ v
-    difference = float(np.sum(v))
-    v = v[v != 0]  # flipping a zero changes nothing
-    n = v.size
-    if n == 0:
-        return {"difference": difference, "p_value": 1.0, "exact": True}
-    tol = 1e-9 * float(np.abs(v).sum())  # the observed pattern counts despite rounding
-    if n <= EXACT_MAX:
-        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
-        stats = (2 * bits - 1) @ v
-        return {"difference": difference, "p_value": float(np.mean(stats >= difference - tol)), "exact": True}
-    rng = np.random.default_rng(seed)
-    hits, left, rows, total = 0, int(resamples), max(1, (1 << 22) // n), float(v.sum())
-    while left > 0:
-        r = min(rows, left)
-        # random bits b (8 per random byte), the signs are 2b - 1: the statistic is 2 b @ v - Σv
-        bits = np.unpackbits(rng.integers(0, 256, (r, (n + 7) // 8), dtype=np.uint8), axis=1, count=n)
-        hits += int(np.count_nonzero(2.0 * (bits.astype(np.float64) @ v) - total >= difference - tol))
-        left -= r
-    return {"difference": difference, "p_value": (1 + hits) / (1 + int(resamples)), "exact": False}
+    out = sign_flip_max_test([a], b, weights, higher_is_better, resamples=resamples, seed=seed)[0]
+    return {k: out[k] for k in ("difference", "p_value", "exact")}
 
 
 @dataclass(frozen=True)
@@ -210,27 +289,34 @@ def decide(
 
     where = "on validation" if split == "validation" else "on the search split"
     reference = min(baselines, key=best_first) if baselines else None
-    tests = len(candidates) if split == "validation" else max(tried, len(candidates))
-    tests = max(tests, 1)
-    threshold = alpha / tests
-    resamples = max(MIN_RESAMPLES, math.ceil(20 * tests / alpha))  # the threshold is well resolved
+    # with a validation split the family is the candidates (max-T counts how alike they are);
+    # without one, every optimized trial tried was a candidate, of which only these were kept
+    validation = split == "validation"
+    tests = max(len(candidates) if validation else max(tried, len(candidates)), 1)
+    resamples = max(MIN_RESAMPLES, math.ceil(20 * tests / alpha))  # alpha / tests is well resolved
     rows: list[dict[str, Any]] = []
     passed: list[Contender] = []
-    for c in candidates:
+    if reference is not None and candidates:
+        tested = sign_flip_max_test(
+            [c.per_example for c in candidates],
+            reference.per_example,
+            weights,
+            higher_is_better,
+            resamples=resamples,
+            seed=seed,
+        )
+    for i, c in enumerate(candidates):
         row: dict[str, Any] = {"trial": c.trial, "search": c.search_mean}
-        if split == "validation":
+        if validation:
             row["validation"] = c.mean
         if reference is not None:
-            test = sign_flip_test(
-                c.per_example,
-                reference.per_example,
-                weights,
-                higher_is_better,
-                resamples=resamples,
-                seed=seed,
-            )
+            test = tested[i]
+            adjusted = test["p_adjusted"] if validation else min(1.0, test["p_value"] * tests)
             row.update(
-                difference=test["difference"], p_value=test["p_value"], passed=test["p_value"] <= threshold
+                difference=test["difference"],
+                p_value=test["p_value"],
+                p_adjusted=adjusted,
+                passed=adjusted <= alpha,
             )
             if row["passed"]:
                 passed.append(c)
@@ -241,15 +327,15 @@ def decide(
         rule = (
             f"the {k} optimized trial(s) of best search mean and the baselines were scored on each task's "
             f"validation_split; an optimized trial is returned only when it beats the best baseline there "
-            f"(one-sided paired sign-flip test, p <= alpha/{tests}: Bonferroni over the {tests} candidates), "
+            f"(one-sided paired sign-flip test, max-T adjusted over the {tests} candidates: p_adjusted <= alpha), "
             "else that baseline"
         )
     else:
         rule = (
             f"no validation split: the {k} optimized trial(s) of best search mean were tested against the "
-            f"best baseline on the search split (one-sided paired sign-flip test, p <= alpha/{tests}: "
-            f"Bonferroni over the {tests} optimized trials tried); an optimized trial is returned only when "
-            "it passes, else that baseline"
+            f"best baseline on the search split (one-sided paired sign-flip test, Bonferroni over the "
+            f"{tests} optimized trials tried: p_adjusted = {tests} p <= alpha); an optimized trial is "
+            "returned only when it passes, else that baseline"
         )
     if reference is None:
         winner = min(candidates, key=best_first)
@@ -261,7 +347,9 @@ def decide(
         row = next(r for r in rows if r["trial"] == winner.trial)
         because = (
             f"trial {winner.trial} beat the {reference.label} {where} by {row['difference']:+.4g} "
-            f"(p = {row['p_value']:.2g} <= {alpha:g}/{tests})"
+            f"(adjusted p = {row['p_adjusted']:.2g} <= {alpha:g}, {tests} "
+            + ("candidates" if validation else "trials tried")
+            + ")"
             + (
                 f"; of the {len(passed)} trials that did, it has the best mean {where}"
                 if len(passed) > 1
@@ -288,10 +376,9 @@ def decide(
         "baseline": reference.baseline if reference is not None else None,
         "test": TEST_NAME,
         "resamples": resamples,
-        "correction": CORRECTION,
+        "correction": "max-t" if validation else "bonferroni",
         "tests": tests,
         "alpha": float(alpha),
-        "threshold": threshold,
         "candidates": rows,
         "chosen": {"trial": winner.trial, "baseline": winner.baseline},
         "baseline_returned": winner.baseline is not None,

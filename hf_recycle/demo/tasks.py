@@ -11,8 +11,9 @@ gives the pool real trade-offs. Both are long enough that exact match stays well
 1.0 for every checkpoint of the pool.
 
 The evaluation examples (``recipes/data/<task>.jsonl``: the search split first, then the
-held-out test split) are generated from a fixed seed, and the training sampler never
-draws them, so every score the demo prints is on examples no checkpoint saw.
+validation split the returned model is chosen on, then the held-out test split) are
+generated from a fixed seed, and the training sampler never draws them, so every score the
+demo prints is on examples no checkpoint saw.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ REV_MIN_LEN = 6
 REV_MAX_LEN = 12
 EVAL_SEED = 1234
 SEARCH_SIZE = 256  # rows [0, SEARCH_SIZE) of each data file: the search split
-TEST_SIZE = 512  # the rows after them: the held-out test split
+VALIDATION_SIZE = 2048  # the rows after them: the validation split (the winner is chosen there)
+TEST_SIZE = 512  # the rows after those: the held-out test split
 TASK_NAMES = ("sorting", "reversal")
 
 
@@ -71,11 +73,11 @@ TASKS: dict[str, SyntheticTask] = {
 
 
 def eval_examples(task: str, seed: int = EVAL_SEED) -> list[tuple[str, str]]:
-    """The task's evaluation examples: ``SEARCH_SIZE + TEST_SIZE`` distinct questions, in order."""
+    """The task's evaluation examples: ``SEARCH_SIZE + VALIDATION_SIZE + TEST_SIZE`` distinct questions, in order."""
     rng = random.Random(f"{seed}-{task}")
     seen: set[str] = set()
     rows: list[tuple[str, str]] = []
-    while len(rows) < SEARCH_SIZE + TEST_SIZE:
+    while len(rows) < SEARCH_SIZE + VALIDATION_SIZE + TEST_SIZE:
         question, answer = TASKS[task].make(rng)
         if question not in seen:
             seen.add(question)

@@ -22,6 +22,7 @@ from hf_recycle.errors import RecipeError
 from hf_recycle.recipe import RacingSpec, Recipe
 
 Z95 = 1.6448536269514722  # the one-sided 95% normal quantile
+Z80 = 0.8416212335729143  # the one-sided 80% one: racing's default confidence
 
 
 def _task(name, weight=1.0, higher_is_better=True):
@@ -198,7 +199,8 @@ def test_a_worse_candidate_stops_at_the_first_rung_against_another_workers_best_
         trials[best].system_attrs[PER_EXAMPLE_ATTR]["task"][:5]
     )
     diff = statistics.fmean(d)
-    bound = diff + Z95 * math.sqrt(statistics.variance(d) / 5 * (1 - 5 / 40))
+    assert racing.confidence == 0.8
+    bound = diff + Z80 * math.sqrt(statistics.variance(d) / 5 * (1 - 5 / 40))
     assert bad.user_attrs["race_bound"] == pytest.approx(bound) and bound < 0
     assert bad.intermediate_values == {0: pytest.approx(_Mixture.table[:5, 2].mean())}
     # as good as the reference: every rung, then the rest, each example scored once

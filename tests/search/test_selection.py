@@ -22,6 +22,7 @@ from hf_recycle._search.selection import (
     Contender,
     decide,
     search_scores,
+    sign_flip_max_test,
     sign_flip_test,
 )
 from hf_recycle.errors import RecipeError
@@ -77,6 +78,93 @@ def test_monte_carlo_p_value_agrees_with_enumeration():
     out = sign_flip_test({"t": d}, {"t": np.zeros(18)}, ONE, UP, resamples=40_000, seed=1)
     assert not out["exact"]
     assert abs(out["p_value"] - exact) < 4 * np.sqrt(exact * (1 - exact) / 40_000) + 1e-4
+
+
+def _brute_force_max_t(diffs, weights):
+    """Per candidate, P(max over candidates of the flipped statistic >= its observed one), over every
+    sign pattern of the examples (one pattern flips the same examples of every candidate); each
+    statistic is over its sign-flip standard deviation, the root of its summed squares."""
+    total = sum(weights.values())
+    tasks = list(diffs[0])
+    flat = [[weights[t] / total / len(d[t]) * x for t in tasks for x in d[t]] for d in diffs]
+    flat = [[x / (sum(y * y for y in f) ** 0.5 or 1.0) for x in f] for f in flat]
+    observed = [sum(f) for f in flat]
+    hits = [0] * len(diffs)
+    patterns = list(itertools.product((1, -1), repeat=len(flat[0])))
+    for signs in patterns:
+        top = max(sum(s * x for s, x in zip(signs, f, strict=True)) for f in flat)
+        hits = [h + (top >= o - 1e-12) for h, o in zip(hits, observed, strict=True)]
+    return [h / len(patterns) for h in hits]
+
+
+def test_max_t_adjusted_p_is_the_share_of_patterns_whose_largest_statistic_is_at_least_as_good():
+    rng = np.random.default_rng(5)
+    b = {"x": rng.integers(0, 2, 6).astype(float), "y": rng.integers(0, 2, 5).astype(float)}
+    weights, hib = {"x": 2.0, "y": 1.0}, {"x": True, "y": True}
+    cands = [{t: rng.integers(0, 2, v.size).astype(float) for t, v in b.items()} for _ in range(3)]
+    cands.append({t: np.maximum(v, cands[0][t]) for t, v in b.items()})  # a strong one among them
+    out = sign_flip_max_test(cands, b, weights, hib)
+    diffs = [{t: np.subtract(c[t], b[t]).tolist() for t in b} for c in cands]
+    expected = _brute_force_max_t(diffs, weights)
+    for got, want, d in zip(out, expected, diffs, strict=True):
+        assert got["exact"] and got["p_adjusted"] == pytest.approx(want)
+        assert got["p_value"] == pytest.approx(_brute_force_p(d, weights, hib))
+    # one candidate: the plain test
+    alone = sign_flip_max_test(cands[3:], b, weights, hib)[0]
+    assert alone["p_adjusted"] == alone["p_value"] == sign_flip_test(cands[3], b, weights, hib)["p_value"]
+
+
+def test_max_t_counts_alike_candidates_once_and_is_at_most_bonferroni():
+    rng = np.random.default_rng(11)
+    base = rng.integers(0, 2, 300).astype(float)
+    gain = np.where(rng.random(300) < 0.12, 1.0, base)  # right where the baseline is, and some more
+    same = sign_flip_max_test([{"t": gain}] * 5, {"t": base}, ONE, UP, resamples=20_000, seed=2)
+    single = sign_flip_test({"t": gain}, {"t": base}, ONE, UP, resamples=20_000, seed=2)
+    # five copies of one merge are one test, not five
+    assert all(r["p_adjusted"] == pytest.approx(single["p_value"]) for r in same)
+    others = [{"t": rng.integers(0, 2, 300).astype(float)} for _ in range(4)]
+    mixed = sign_flip_max_test([{"t": gain}, *others], {"t": base}, ONE, UP, resamples=20_000, seed=2)
+    for r in mixed:  # never below the candidate's own p, never above Bonferroni's (up to resampling)
+        assert r["p_value"] <= r["p_adjusted"] <= min(1.0, 5 * r["p_value"]) + 2e-3
+
+
+def test_max_t_keeps_the_family_wise_error_rate_under_the_null():
+    # 5 candidates that are each no better than the baseline: with alpha 0.05 any candidate passes
+    # in about 11% of the searches without a correction; with max-T in at most 5%
+    rng = np.random.default_rng(0)
+    uncorrected = corrected = 0
+    runs = 300
+    for i in range(runs):
+        base = rng.integers(0, 2, 80).astype(float)
+        cands = [{"t": rng.integers(0, 2, 80).astype(float)} for _ in range(5)]
+        out = sign_flip_max_test(cands, {"t": base}, ONE, UP, resamples=1000, seed=i)
+        uncorrected += any(r["p_value"] <= 0.05 for r in out)
+        corrected += any(r["p_adjusted"] <= 0.05 for r in out)
+    assert uncorrected / runs > 0.09, corrected  # without it the error rate is well above alpha
+    assert corrected / runs <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / runs)
+
+
+def test_alike_validation_candidates_pass_where_bonferroni_over_them_would_not():
+    # five near-identical top trials, each p ~ 0.02 on validation: Bonferroni (0.05 / 5) refuses
+    # them all, max-T sees one test and returns the best of them
+    n = 400
+    rng = np.random.default_rng(4)
+    base = (rng.random(n) < 0.8).astype(float)
+    fixed = np.flatnonzero(base == 0)[:14]
+    broken = np.flatnonzero(base == 1)[:4]
+    cands = []
+    for i in range(5):
+        x = base.copy()
+        x[fixed] = 1.0
+        x[broken] = 0.0
+        x[fixed[i]] = 0.0  # each misses one of the fixes: alike, not equal
+        cands.append(_c(i + 1, x, 0.9 - i / 100))
+    uniform = _c(0, base, 0.85, baseline="uniform")
+    chosen = _decide(cands, [uniform], split="validation")
+    rows = chosen.record["candidates"]
+    assert all(0.01 < r["p_value"] <= 0.05 for r in rows), [r["p_value"] for r in rows]
+    assert all(r["passed"] for r in rows) and not chosen.baseline_returned
+    assert chosen.winner.trial == 1 and "adjusted p = " in chosen.record["chosen_because"]
 
 
 def _c(trial, per_example, search_mean, mean=None, baseline=None):
@@ -158,7 +246,8 @@ def test_the_validation_winner_is_returned_when_validation_reverses_the_search_r
     rows = {r["trial"]: r for r in chosen.record["candidates"]}
     assert not rows[1]["passed"] and rows[2]["passed"] and rows[3]["passed"]
     assert rows[2]["validation"] == pytest.approx(50 / 64)
-    assert chosen.record["tests"] == 3 and chosen.record["threshold"] == pytest.approx(0.05 / 3)
+    assert chosen.record["tests"] == 3 and chosen.record["correction"] == "max-t"
+    assert all(r["p_value"] <= r["p_adjusted"] <= 3 * r["p_value"] for r in rows.values())
     assert "of the 2 trials that did, it has the best mean on validation" in chosen.record["chosen_because"]
 
 
