@@ -208,9 +208,8 @@ def demo_pool(work: Path) -> dict[str, Any]:
     folder = work / "demo-pool"
     names = [s.name for s in DEMO_PLAN]
     stamp = folder / "eval-data.sha256"
-    if not all((folder / n / "config.json").is_file() for n in names) or (
-        not stamp.is_file() or stamp.read_text() != tag
-    ):
+    trained = all((folder / n / "config.json").is_file() for n in names)
+    if not trained or not stamp.is_file() or stamp.read_text() != tag:
         shutil.rmtree(folder, ignore_errors=True)
         train_pool(folder, DEMO_PLAN)
         stamp.write_text(tag)

@@ -148,9 +148,8 @@ def sign_flip_max_test(
     # max is then not ruled by the candidate that differs from B on the most examples
     spread = np.sqrt(np.square(v).sum(axis=0))
     spread[spread == 0] = 1.0
-    cut = (
-        differences - 1e-9 * np.abs(v).sum(axis=0)
-    ) / spread  # the observed pattern counts despite rounding
+    # the observed pattern counts despite rounding
+    cut = (differences - 1e-9 * np.abs(v).sum(axis=0)) / spread
     v = v / spread
     if n <= EXACT_MAX:
         bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1

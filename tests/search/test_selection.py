@@ -33,14 +33,19 @@ ONE = {"t": 1.0}
 UP = {"t": True}
 
 
-def _brute_force_p(diffs_by_task, weights, hib):
-    """P(statistic >= observed) over every sign pattern, enumerated with itertools."""
+def _flat(diffs_by_task, weights, hib):
+    """Per example, its signed, weighted share of the macro-average difference."""
     total = sum(weights.values())
-    flat = [
+    return [
         (w / total / len(d)) * (1 if hib[t] else -1) * x
         for t, d in diffs_by_task.items()
         for w, x in zip([weights[t]] * len(d), d, strict=True)
     ]
+
+
+def _brute_force_p(diffs_by_task, weights, hib):
+    """P(statistic >= observed) over every sign pattern, enumerated with itertools."""
+    flat = _flat(diffs_by_task, weights, hib)
     observed = sum(flat)
     hits = sum(
         sum(s * x for s, x in zip(signs, flat, strict=True)) >= observed - 1e-12
@@ -80,13 +85,11 @@ def test_monte_carlo_p_value_agrees_with_enumeration():
     assert abs(out["p_value"] - exact) < 4 * np.sqrt(exact * (1 - exact) / 40_000) + 1e-4
 
 
-def _brute_force_max_t(diffs, weights):
+def _brute_force_max_t(diffs, weights, hib):
     """Per candidate, P(max over candidates of the flipped statistic >= its observed one), over every
     sign pattern of the examples (one pattern flips the same examples of every candidate); each
     statistic is over its sign-flip standard deviation, the root of its summed squares."""
-    total = sum(weights.values())
-    tasks = list(diffs[0])
-    flat = [[weights[t] / total / len(d[t]) * x for t in tasks for x in d[t]] for d in diffs]
+    flat = [_flat(d, weights, hib) for d in diffs]
     flat = [[x / (sum(y * y for y in f) ** 0.5 or 1.0) for x in f] for f in flat]
     observed = [sum(f) for f in flat]
     hits = [0] * len(diffs)
@@ -105,7 +108,7 @@ def test_max_t_adjusted_p_is_the_share_of_patterns_whose_largest_statistic_is_at
     cands.append({t: np.maximum(v, cands[0][t]) for t, v in b.items()})  # a strong one among them
     out = sign_flip_max_test(cands, b, weights, hib)
     diffs = [{t: np.subtract(c[t], b[t]).tolist() for t in b} for c in cands]
-    expected = _brute_force_max_t(diffs, weights)
+    expected = _brute_force_max_t(diffs, weights, hib)
     for got, want, d in zip(out, expected, diffs, strict=True):
         assert got["exact"] and got["p_adjusted"] == pytest.approx(want)
         assert got["p_value"] == pytest.approx(_brute_force_p(d, weights, hib))
