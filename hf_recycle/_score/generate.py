@@ -8,6 +8,7 @@ soon as every row has hit EOS or a stop string, and gives the same tokens as
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,6 +24,21 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if pos != -1:
             end = min(end, pos)
     return text[:end]
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model``'s forward takes the KV cache: ``cache`` in recent transformers
+    (which deprecates ``past_key_values`` with a warning per call), else ``past_key_values``."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
 
 
 def greedy_generate(
@@ -57,6 +73,7 @@ def greedy_generate(
     rows = input_ids.shape[0]
     device = input_ids.device
     keep = {"logits_to_keep": 1} if logits_to_keep else {}
+    cache_name = cache_argument(model)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in range(rows)]
@@ -65,7 +82,7 @@ def greedy_generate(
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **keep
     )
-    cache = out.past_key_values
+    cache = _cache_of(out)
     for step in range(max_new_tokens):
         next_tokens = out.logits[:, -1, :].argmax(dim=-1)
         next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
@@ -91,9 +108,9 @@ def greedy_generate(
             input_ids=next_tokens[:, None],
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             **keep,
+            **{cache_name: cache},
         )
-        cache = out.past_key_values
+        cache = _cache_of(out)
     return generated

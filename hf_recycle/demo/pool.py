@@ -62,23 +62,26 @@ class Stage:
 
 # The pool: "step-0" is the shared trunk (also published as the repo's "base" branch), trained
 # on an even mixture at a constant learning rate and saved mid-schedule; every other stage is a
-# branch of it with another data mixture or learning rate. Most branches keep the learning rate
-# constant (checkpoints saved mid-run); the two low-lr ones anneal it. The four single-task
-# branches forget the other task, so they look bad alone (a mean near 0.4 for the two at a
-# constant lr), yet they carry their task's progress into a merge. No branch anneals on the even
-# mixture: in this toy such a checkpoint matched or beat the best merge (a finished multi-task
-# run leaves little to recycle), so the pool holds specialised or unfinished runs instead.
+# branch of it with another data mixture, learning rate or length. Most branches keep the learning
+# rate constant (checkpoints saved mid-run); the two low-lr ones anneal it. The runs differ in
+# length as a real training effort's do: the long ones (600 and 400 steps) ended two to three
+# times as far from the trunk as the short ones (100 steps), so an equal-weight merge leans
+# towards them, and the best merge weights the checkpoints unequally, which a uniform or greedy
+# soup (equal weights over a subset) cannot do. The four single-task branches forget the other
+# task, so they look bad alone, yet they carry their task's progress into a merge. No branch
+# anneals on the even mixture: in this toy such a checkpoint matched or beat the best merge (a
+# finished multi-task run leaves little to recycle), so the pool holds specialised or unfinished
+# runs instead. An earlier pool of equal-length branches left no room: its greedy soup was as
+# good as any linear merge (benchmarks/RESULTS.md, search_quality).
 TRUNK = "step-0"
 BASE = "base"
 DEMO_PLAN: tuple[Stage, ...] = (
-    Stage(
-        TRUNK, None, 600, 3e-3, mixture_of(0.5), final_lr=1.0, warmup=30, seed=100, note="trunk, even mixture"
-    ),
-    Stage("step-1", TRUNK, 200, 3e-3, mixture_of(1.0), final_lr=1.0, seed=201, note="sorting only"),
-    Stage("step-2", TRUNK, 200, 3e-3, mixture_of(0.0), final_lr=1.0, seed=202, note="reversal only"),
-    Stage("step-3", TRUNK, 200, 3e-3, mixture_of(0.75), final_lr=1.0, seed=203, note="3:1 sorting:reversal"),
-    Stage("step-4", TRUNK, 200, 3e-3, mixture_of(0.25), final_lr=1.0, seed=204, note="1:3 sorting:reversal"),
-    Stage("step-5", TRUNK, 200, 5e-3, mixture_of(0.5), final_lr=1.0, seed=205, note="even mixture, high lr"),
+    Stage(TRUNK, None, 600, 3e-3, mixture_of(0.5), final_lr=1.0, warmup=30, seed=100, note="trunk, even mix"),
+    Stage("step-1", TRUNK, 600, 3e-3, mixture_of(1.0), final_lr=1.0, seed=201, note="sorting only, long"),
+    Stage("step-2", TRUNK, 100, 3e-3, mixture_of(0.0), final_lr=1.0, seed=202, note="reversal only, short"),
+    Stage("step-3", TRUNK, 400, 3e-3, mixture_of(0.75), final_lr=1.0, seed=203, note="sorting 3:1, long"),
+    Stage("step-4", TRUNK, 100, 3e-3, mixture_of(0.25), final_lr=1.0, seed=204, note="reversal 3:1, short"),
+    Stage("step-5", TRUNK, 200, 5e-3, mixture_of(0.5), final_lr=1.0, seed=205, note="even mix, high lr"),
     Stage("step-6", TRUNK, 200, 1e-3, mixture_of(1.0), seed=206, note="sorting only, low lr, annealed"),
     Stage("step-7", TRUNK, 200, 1e-3, mixture_of(0.0), seed=207, note="reversal only, low lr, annealed"),
 )

@@ -39,6 +39,23 @@ def test_generate_matches_one_at_a_time_generate(tmp_path, char_tokenizer, arch)
     assert result.higher_is_better and result.name == "gen"
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_no_deprecation_warning_per_decoding_step(tmp_path, char_tokenizer, arch):
+    """The KV cache goes in under the name the model's forward takes (recent transformers renamed
+    ``past_key_values`` to ``cache`` and warns at every call that uses the old name): a search
+    would print one warning per generated token."""
+    import warnings
+
+    model = frequent_eos(tiny_model(arch), char_tokenizer)
+    spec, _, refs = generate_task(tmp_path, char_tokenizer, model, n=6, seed=4)
+    scorer = TaskScorer(spec, char_tokenizer, base_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = scorer.score(model)
+    assert list(result.predictions) == refs
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
 def test_weights_changed_in_place_are_seen(tmp_path, char_tokenizer):
     """The search writes new weights into the same model object: nothing weight-dependent is cached."""
     model = frequent_eos(tiny_model("llama"), char_tokenizer)
