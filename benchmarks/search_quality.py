@@ -74,9 +74,8 @@ SMOL_LR = 1e-3
 DIVERGED_LR = 0.3  # Adam at this rate breaks the adapter within its few steps
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 BATCH = 16
-SMOL_DTYPE = (
-    "bfloat16"  # the live model's dtype, as SmolLM2 ships (its matmuls are ~4x float32's on this CPU)
-)
+# the live model's dtype, as SmolLM2 ships (its matrix products are ~4x float32's on this CPU)
+SMOL_DTYPE = "bfloat16"
 
 
 # --- the smol pool ---------------------------------------------------------------------------
@@ -696,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
                 "lr": SMOL_LR,
                 "diverged_lr": DIVERGED_LR,
                 "lora": LORA,
+                "dtype": SMOL_DTYPE,
             },
             "torch_threads": torch.get_num_threads(),
         },
