@@ -394,39 +394,39 @@ def pooled_vs(rows: list[dict[str, Any]], pool: dict[str, Any], checkpoints: lis
     check that merging and scoring again gives the search's own held-out scores)."""
     import numpy as np
 
+    from hf_recycle._score.tasks import TaskSpec
     from hf_recycle._search.report import paired_bootstrap
 
     group = [r for r in rows if r["racing"] and r.get("screen", True)]
     if not group:
         return {}
     recipe = recipe_for("pooled", pool, checkpoints, "cmaes", 0, 1, True)
-    tasks = [t["name"] for t in recipe["tasks"]]
-    memo: dict[tuple[float, ...], dict[str, np.ndarray]] = {}
+    weights = {s.name: s.weight for s in map(TaskSpec.model_validate, recipe["tasks"])}
+    reports: dict[tuple[float, ...], Any] = {}
 
-    def per_example(weights: list[float]) -> dict[str, np.ndarray]:
-        key = tuple(weights)
-        if key not in memo:
-            report = held_out_scores(recipe, list(weights), WORK / "runs" / "pooled-merge", pool["data"])
-            memo[key] = {n: np.asarray(report.results[n].per_example, dtype=np.float64) for n in tasks}
-        return memo[key]
-
-    def mean(pe: dict[str, np.ndarray]) -> float:
-        return float(np.mean([pe[n].mean() for n in tasks]))
+    def report_of(merge_weights: list[float]):
+        """The held-out ``ScoreReport`` of one merge, scored once however many searches returned it."""
+        key = tuple(merge_weights)
+        if key not in reports:
+            folder = WORK / "runs" / "pooled-merge"
+            reports[key] = held_out_scores(recipe, list(key), folder, pool["data"])
+        return reports[key]
 
     results = [json.loads((WORK / "runs" / r["name"] / "results.json").read_text()) for r in group]
-    returned = [per_example(res["winner"]["weights"]) for res in results]
-    average = {n: np.mean([pe[n] for pe in returned], axis=0) for n in tasks}
+    returned = [report_of(res["winner"]["weights"]) for res in results]
+    hib = {n: t.higher_is_better for n, t in returned[0].results.items()}
+    average = {n: np.mean([rep.results[n].per_example for rep in returned], axis=0) for n in weights}
     out: dict[str, Any] = {"searches": len(group)}
     for name in ("uniform", "best_single", "greedy_soup"):
-        weights = {tuple(res["baselines"][name]["weights"]) for res in results if name in res["baselines"]}
-        if len(weights) != 1:  # the baselines of a pool are the same in every search
+        found = {tuple(res["baselines"][name]["weights"]) for res in results if name in res["baselines"]}
+        if len(found) != 1:  # the baselines of a pool are the same in every search
             continue
-        base = per_example(list(next(iter(weights))))
+        base = report_of(list(next(iter(found))))
         drift = max(
-            abs((mean(pe) - mean(base)) - _vs(r, name)[0]) for pe, r in zip(returned, group, strict=True)
+            abs((rep.mean - base.mean) - _vs(r, name)[0]) for rep, r in zip(returned, group, strict=True)
         )
-        weights_of = {t["name"]: float(t.get("weight", 1.0)) for t in recipe["tasks"]}
-        comparison = paired_bootstrap(average, base, weights_of, dict.fromkeys(tasks, True))
+        per_example = {n: t.per_example for n, t in base.results.items()}
+        comparison = paired_bootstrap(average, per_example, weights, hib)
         out[name] = {
             "difference": comparison["difference"],
             "ci_low": comparison["ci_low"],
