@@ -182,6 +182,9 @@ class SharedBase(TensorSource):
     def read_into(self, key: str, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         return self.inner.read_into(key, out, rows)
 
+    def file_ranges(self, key: str) -> list[tuple[Path, int, int]]:
+        return self.inner.file_ranges(key)
+
     def close(self) -> None:
         self._local = threading.local()
         self.inner.close()
@@ -420,6 +423,10 @@ class LoraSource(TensorSource):
             return None
         u, v = self.factors(key, device)
         return LowRankForm(self.base, u, v)
+
+    def file_ranges(self, key: str) -> list[tuple[Path, int, int]]:
+        """The base's bytes of ``key`` (the adapter's own tensors are small and kept once read)."""
+        return [] if key in self.replaced else self.base.file_ranges(key)
 
     def low_rank_width(self, key: str) -> int:
         if key in self.modules and key not in self.replaced:

@@ -140,6 +140,14 @@ class TensorSource(ABC):
         """Columns of ``U`` in :meth:`low_rank_form` of tensor ``key`` (its rank), from headers only; 0 when none."""
         return 0
 
+    def file_ranges(self, key: str) -> list[tuple[Path, int, int]]:
+        """Where the bytes read for tensor ``key`` lie: ``(file, offset, length)`` each.
+
+        A hint for reading ahead (the engine asks the OS to start reading the next tensors
+        while it computes); ``[]`` (the default) when the source cannot say.
+        """
+        return []
+
     def nbytes(self, key: str) -> int:
         """Bytes tensor ``key`` takes in its stored dtype."""
         numel = 1
@@ -303,6 +311,13 @@ class SafetensorsSource(TensorSource):
             raise ValueError("rows must be a contiguous slice")
         stop = max(start, stop)
         return (stop - start, *loc.shape[1:]), start * loc.row_bytes
+
+    def file_ranges(self, key: str) -> list[tuple[Path, int, int]]:
+        loc = self._location(key)
+        numel = 1
+        for dim in loc.shape:
+            numel *= dim
+        return [(self.files[loc.file_index], loc.offset, numel * loc.dtype.itemsize)]
 
     def read_into(self, key: str, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         loc = self._location(key)
@@ -478,6 +493,9 @@ class TiedHeadSource(TensorSource):
 
     def low_rank_width(self, key: str) -> int:
         return self.inner.low_rank_width(self._resolve(key))
+
+    def file_ranges(self, key: str) -> list[tuple[Path, int, int]]:
+        return self.inner.file_ranges(self._resolve(key))
 
     def close(self) -> None:
         self.inner.close()

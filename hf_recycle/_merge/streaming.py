@@ -13,6 +13,11 @@ thread: blocks are independent, so the cores never wait on each other at OpenMP 
 Linear merges read a base shared by several LoRA adapters once per block and add all
 the adapters' deltas with one matrix product: Σ cᵢ·Uᵢ@Vᵢ = [c₁U₁ | c₂U₂ | …] @ [V₁; V₂; …]
 (see :meth:`~hf_recycle._merge.sources.TensorSource.low_rank_form`).
+
+While the workers compute, a thread asks the OS to read the next tensors' file ranges
+into the page cache (:class:`_ReadAhead`), so that reads from a cold disk overlap the
+arithmetic. A sink that holds its tensors in memory (the search's disk tier) takes the
+merged blocks cast straight into them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import threading
 from collections import Counter
@@ -57,11 +63,20 @@ LOW_RANK_MAX_BLOCK_ELEMENTS = 1 << 24
 MAX_CPU_WORKERS = 8
 #: Worker threads with a GPU: one reads and writes while the other's block is on the device.
 CUDA_WORKERS = 2
+#: Bytes of input files the engine asks the OS to read ahead of its workers (see :class:`_ReadAhead`).
+READ_AHEAD_BYTES = 32 << 20
 
 
 class TensorSink(Protocol):
     """Where merged blocks go: :class:`~hf_recycle._merge.writer.ShardedSafetensorsWriter` or any
-    object with this method, called from several threads at once."""
+    object with this method, called from several threads at once.
+
+    A sink that holds the tensors in memory (the search's live model) may also have
+    ``destination(key, row_start, rows) -> Tensor | None``: the tensor rows ``row_start``…
+    of ``key`` are to be written to, which the engine then casts merged blocks straight
+    into instead of calling :meth:`write` (one copy fewer); ``None`` for a tensor it writes
+    itself.
+    """
 
     def write(self, key: str, data: torch.Tensor, row_start: int = 0) -> None:
         """Take rows ``row_start``… of tensor ``key`` (``data`` is reused once this returns)."""
@@ -106,6 +121,75 @@ class _Worker:
         self.work = Workspace(device)  # float32 arithmetic
         self.out = Workspace("cpu")  # the merged block in the output dtype
         self.input_bytes = 0
+
+
+class _ReadAhead(threading.Thread):
+    """Asks the OS to read the next tensors' bytes into the page cache while the workers compute.
+
+    Tensor by tensor in the workers' order, at most ``window`` bytes ahead of the tensor
+    they have reached, with ``posix_fadvise(POSIX_FADV_WILLNEED)``: no copy, and for bytes
+    already cached only a lookup. A thread of its own, because the call waits while the
+    kernel submits the reads. It is only a hint: where the OS refuses, reading goes on as
+    without it.
+
+    Args:
+        tensors: Tensor names, in the order the workers take them, and the ``(file, offset,
+            length)`` ranges each one's blocks read.
+        window: The most bytes hinted ahead of the workers.
+    """
+
+    def __init__(self, tensors: dict[str, list[tuple[Path, int, int]]], window: int) -> None:
+        super().__init__(name="hf-recycle-read-ahead", daemon=True)
+        self._index = {key: i for i, key in enumerate(tensors)}
+        self._tensors = list(tensors.values())
+        self._window = window
+        self._ahead = [0]  # bytes of tensors 0..i-1
+        for ranges in self._tensors:
+            self._ahead.append(self._ahead[-1] + sum(length for *_, length in ranges))
+        self._reached = 0
+        self._stopped = False
+        self._changed = threading.Condition()
+
+    def reached(self, key: str) -> None:
+        """The workers took a block of tensor ``key``."""
+        index = self._index[key]
+        with self._changed:
+            if index > self._reached:
+                self._reached = index
+                self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+        self.join()
+
+    def _wait_for_room(self, index: int) -> bool:
+        """Wait until tensor ``index`` is within the window; False when stopped or already reached."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._stopped or self._ahead[index] - self._ahead[self._reached] < self._window
+            )
+            return not self._stopped and index >= self._reached
+
+    def run(self) -> None:
+        fds: dict[Path, int] = {}
+        try:
+            for index, ranges in enumerate(self._tensors):
+                if not self._wait_for_room(index):
+                    if self._stopped:
+                        return
+                    continue
+                for file, offset, length in ranges:
+                    fd = fds.get(file)
+                    if fd is None:
+                        fd = fds[file] = os.open(file, os.O_RDONLY)
+                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError as err:  # a hint only
+            logger.debug("reading ahead stopped: %s", err)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
 
 class StreamingMerger:
@@ -280,31 +364,52 @@ class StreamingMerger:
                         block = next(pending, None)
                     if block is None:
                         break
-                    data = self._merge_block(worker, block)
-                    sink.write(block.entry.key, data, 0 if block.rows is None else block.rows.start)
+                    if read_ahead is not None:
+                        read_ahead.reached(block.entry.key)
+                    self._merge_block(worker, block, sink)
                     self._finish(block.entry.key)
                     with bar_lock:
-                        bar.update(data.numel() * data.element_size())
+                        bar.update(math.prod(block.shape) * block.entry.dtype.itemsize)
             except BaseException:
                 stop.set()  # the other workers stop after their current block
                 raise
             return worker.input_bytes
 
         count = min(self.workers, len(blocks))
-        if count == 1:
-            self.input_bytes += work()
-            return
-        with ThreadPoolExecutor(count, thread_name_prefix="hf-recycle-merge") as pool:
-            futures = [pool.submit(work) for _ in range(count)]
-            try:
-                wait(futures, return_when=FIRST_EXCEPTION)
-            finally:
-                stop.set()  # also on KeyboardInterrupt in this thread
-        for future in futures:
-            self.input_bytes += future.result()  # re-raises a worker's error
+        read_ahead = self._read_ahead(blocks)
+        try:
+            if count == 1:
+                self.input_bytes += work()
+                return
+            with ThreadPoolExecutor(count, thread_name_prefix="hf-recycle-merge") as pool:
+                futures = [pool.submit(work) for _ in range(count)]
+                try:
+                    wait(futures, return_when=FIRST_EXCEPTION)
+                finally:
+                    stop.set()  # also on KeyboardInterrupt in this thread
+            for future in futures:
+                self.input_bytes += future.result()  # re-raises a worker's error
+        finally:
+            if read_ahead is not None:
+                read_ahead.stop()
 
-    def _merge_block(self, worker: _Worker, block: _Block) -> torch.Tensor:
-        """One merged block, cast to the output dtype, in ``worker``'s output buffer."""
+    def _read_ahead(self, blocks: Sequence[_Block]) -> _ReadAhead | None:
+        """Start reading ahead the files of ``blocks``' tensors (``None`` where the OS has no hint)."""
+        if not hasattr(os, "posix_fadvise"):
+            return None
+        tensors: dict[str, list[tuple[Path, int, int]]] = {}
+        for block in blocks:
+            if block.entry.key not in tensors:  # the inputs over one base share its ranges
+                ranges = {r for source in self._readers for r in source.file_ranges(block.entry.key)}
+                tensors[block.entry.key] = sorted(ranges)
+        if not any(tensors.values()):
+            return None
+        read_ahead = _ReadAhead(tensors, READ_AHEAD_BYTES)
+        read_ahead.start()
+        return read_ahead
+
+    def _merge_block(self, worker: _Worker, block: _Block, sink: TensorSink) -> None:
+        """Merge one block, cast it to the output dtype and hand it to ``sink``."""
         entry, rows, shape = block.entry, block.rows, block.shape
         key = entry.key
         plan = self._plan(entry)
@@ -321,9 +426,15 @@ class StreamingMerger:
         if plan.u is not None and plan.v is not None:
             u = plan.u if rows is None else plan.u[rows]
             merged.view(u.shape[0], plan.v.shape[1]).addmm_(u, plan.v)
+        row_start = 0 if rows is None else rows.start
+        destination = getattr(sink, "destination", None)
+        target = destination(key, row_start, shape[0] if shape else 0) if destination is not None else None
+        if target is not None and target.dtype == entry.dtype and tuple(target.shape) == shape:
+            _check_finite(target.copy_(merged), key, self.method.name)
+            return
         result = worker.out.get(f"out:{entry.dtype}", shape, entry.dtype).copy_(merged)
         _check_finite(result, key, self.method.name)
-        return result
+        sink.write(key, result, row_start)
 
     def _read(
         self,
@@ -399,19 +510,20 @@ def _fold_low_rank(
     key: str,
     device: torch.device,
     normalize: bool,
-    cache: dict[tuple[str, int], LowRankForm | None] | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> None:
     """Rewrite a weighted-sum plan so that inputs over one base read that base once.
 
     Σ wᵢ(b + UᵢVᵢ) = (Σ wᵢ)·b + Σ wᵢUᵢVᵢ: each base becomes one input with the sum of its
     inputs' weights, and the deltas (divided by the total weight when normalizing, as the
     combined block is) become one pair of concatenated factors. ``cache`` keeps each
-    input's form (its factors) for the next merge of the same inputs.
+    input's form and the concatenated factors for the next merge of the same inputs, which
+    then only scales the columns of ``U``.
     """
     sources: list[TensorSource] = []
     weights: list[float] = []
     slot_of: dict[int, int] = {}
-    deltas: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+    deltas: list[tuple[int, float, LowRankForm]] = []
     folded = False
     for index, (source, weight) in enumerate(zip(plan.sources, plan.weights, strict=True)):
         if cache is None:
@@ -432,8 +544,8 @@ def _fold_low_rank(
             weights.append(weight)
         else:
             weights[slot] += weight
-        if form.u is not None and form.v is not None and weight != 0.0:
-            deltas.append((weight, form.u, form.v))
+        if form.u is not None and form.v is not None:
+            deltas.append((index, weight, form))
     if not folded:
         return
     total = float(sum(weights))
@@ -441,9 +553,37 @@ def _fold_low_rank(
     if scale != 1.0 and len(weights) == 1:  # (w·b)/w is b: skip the two passes over the block
         weights = [1.0]
     plan.sources, plan.weights = sources, weights
-    if deltas:
-        plan.u = torch.cat([u * (w * scale) for w, u, _ in deltas], dim=1)
-        plan.v = torch.cat([v for _, _, v in deltas], dim=0)
+    if cache is not None and deltas and all(w != 0.0 for _, w, _ in deltas):
+        plan.u, plan.v = _scaled_concat(cache, key, deltas, scale)
+        return
+    nonzero = [(w, form) for _, w, form in deltas if w != 0.0]
+    if nonzero:
+        plan.u = torch.cat([form.u * (w * scale) for w, form in nonzero], dim=1)  # type: ignore[operator]
+        plan.v = torch.cat([form.v for _, form in nonzero], dim=0)  # type: ignore[misc]
+
+
+def _scaled_concat(
+    cache: dict[Any, Any], key: str, deltas: list[tuple[int, float, LowRankForm]], scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[w₁·s·U₁ | …]`` and ``[V₁; …]`` from concatenated factors kept in ``cache``.
+
+    The first call concatenates the inputs' factors and keeps each input's form as views
+    of them (the memory is held once); later calls scale the columns of ``U`` in one pass.
+    """
+    kept = cache.get((key, "concat"))
+    if kept is None:
+        u = torch.cat([form.u for _, _, form in deltas], dim=1)  # type: ignore[misc]
+        v = torch.cat([form.v for _, _, form in deltas], dim=0)  # type: ignore[misc]
+        start = 0
+        for index, _, form in deltas:
+            stop = start + form.u.shape[1]  # type: ignore[union-attr]
+            cache[(key, index)] = LowRankForm(form.base, u[:, start:stop], v[start:stop])
+            start = stop
+        kept = cache[(key, "concat")] = (u, v)
+    u, v = kept
+    widths = torch.tensor([form.u.shape[1] for _, _, form in deltas], device=u.device)  # type: ignore[union-attr]
+    columns = torch.tensor([w * scale for _, w, _ in deltas], dtype=torch.float32, device=u.device)
+    return u * columns.repeat_interleave(widths), v
 
 
 def _check_finite(tensor: torch.Tensor, key: str, method: str) -> None:

@@ -104,6 +104,13 @@ class StreamedModel(LiveModel):
         else:
             param[row_start : row_start + data.shape[0]].copy_(data)
 
+    def destination(self, key: str, row_start: int, rows: int) -> torch.Tensor | None:
+        """The engine's shortcut: the live tensor's rows to cast merged rows straight into."""
+        param = self._targets.get(key)
+        if param is None or param.dim() == 0 or not param.is_contiguous():
+            return None
+        return param[row_start : row_start + rows]
+
     @property
     def resident_bytes(self) -> int:
         """Bytes held by resident checkpoint stacks: none."""

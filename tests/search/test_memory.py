@@ -380,6 +380,7 @@ def test_disk_tier_keeps_lora_factors_when_they_fit(llama_pool, tmp_path, monkey
     import warnings
 
     import torch
+    from safetensors.torch import load_file
 
     from hf_recycle._merge.inputs import open_inputs
     from hf_recycle._merge.lora import LoraSource
@@ -431,3 +432,18 @@ def test_disk_tier_keeps_lora_factors_when_they_fit(llama_pool, tmp_path, monkey
         ours, reference = dict(kept.model.named_parameters()), dict(fresh.model.named_parameters())
         for name, param in reference.items():
             assert torch.equal(ours[name], param), name
+    # the kept factors (each adapter's, and their concatenation per tensor) are held once
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors(kept._factors)}
+    factors = sum(
+        t.numel() * 4 for p in paths for t in load_file(Path(p, "adapter_model.safetensors")).values()
+    )
+    assert sum(storages.values()) == factors
+
+
+def _tensors(cache):
+    for value in cache.values():
+        if isinstance(value, tuple):
+            yield from value
+        elif value is not None and value.u is not None:
+            yield value.u
+            yield value.v

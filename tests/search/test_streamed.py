@@ -89,3 +89,27 @@ def test_streamed_lora_equals_resident(llama_pool, tmp_path, method):
     streamed.set_weights([0.5, 0.2, 0.3], 0.5 if method == "ties" else None)
     for name in resident.names:
         torch.testing.assert_close(streamed.state_dict()[name], resident.state_dict()[name], msg=name)
+
+
+def test_streamed_nan_names_the_tensor(llama_pool, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from hf_recycle.errors import NonFiniteError
+    from hf_recycle.testing.models import load_state_dict
+
+    _, ckpts = llama_pool
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpts[1], bad)
+    state = load_state_dict(ckpts[1])
+    state["model.layers.1.mlp.down_proj.weight"][3, 4] = float("nan")
+    for file in bad.glob("*.safetensors"):
+        file.unlink()
+    save_file({k: v.contiguous() for k, v in state.items()}, bad / "model.safetensors")
+    streamed = StreamedModel([SafetensorsSource(ckpts[0]), SafetensorsSource(bad)], device="cpu")
+    assert streamed.destination("model.layers.1.mlp.down_proj.weight", 0, 1) is not None
+    # checked in the live model's own tensor, which the engine casts merged rows straight into
+    for weights in ([0.5, 0.5], [1.0, 0.0]):  # 0 x NaN is NaN: a bad input spoils every candidate
+        with pytest.raises(NonFiniteError, match="'model.layers.1.mlp.down_proj.weight'"):
+            streamed.set_weights(weights)
