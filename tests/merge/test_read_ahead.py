@@ -89,15 +89,6 @@ def test_read_ahead_stays_within_its_window(monkeypatch, tmp_path):
 def test_merge_hints_each_tensor_once_and_goes_on_when_refused(llama_pool, tmp_path, monkeypatch):
     base_dir, ckpts = llama_pool
     merge(ckpts, tmp_path / "reference", weights=[0.2, 0.3, 0.5])
-    hints: list[tuple[int, int]] = []
-    lock = threading.Lock()
-
-    def record(fd, offset, length, advice):
-        with lock:
-            hints.append((os.fstat(fd).st_ino, offset, length))
-
-    monkeypatch.setattr(os, "posix_fadvise", record)
-    merge(ckpts, tmp_path / "hinted", weights=[0.2, 0.3, 0.5])
     sources = [SafetensorsSource(p) for p in ckpts]
     expected = {
         (os.stat(file).st_ino, offset, length)
@@ -105,7 +96,27 @@ def test_merge_hints_each_tensor_once_and_goes_on_when_refused(llama_pool, tmp_p
         for key in source.keys()
         for file, offset, length in source.file_ranges(key)
     }
+    assert sum(length for *_, length in expected) < streaming.READ_AHEAD_BYTES
+    hints: list[tuple[int, int, int]] = []
+    lock = threading.Lock()
+    all_hinted = threading.Event()
+
+    def record(fd, offset, length, advice):
+        with lock:
+            hints.append((os.fstat(fd).st_ino, offset, length))
+            if len(hints) == len(expected):
+                all_hinted.set()
+
+    # the whole pool fits in the window: the workers start once every range is hinted (they would
+    # otherwise skip the hints of tensors they have passed, as they should)
+    reached = streaming._ReadAhead.reached
+    monkeypatch.setattr(
+        streaming._ReadAhead, "reached", lambda self, key: all_hinted.wait(60) and reached(self, key)
+    )
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    merge(ckpts, tmp_path / "hinted", weights=[0.2, 0.3, 0.5])
     assert sorted(hints) == sorted(expected)  # every tensor of every input, once
+    monkeypatch.setattr(streaming._ReadAhead, "reached", reached)
 
     def refuse(*args):
         raise OSError(22, "Invalid argument")
