@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install install-vllm test test-vllm test-fast lint format bench demo clean
+.PHONY: install install-vllm test test-vllm test-fast lint format bench demo gpu-wheels clean
 
 install: $(STAMP)
 
@@ -88,6 +88,17 @@ endif
 
 bench: install $(MKVENV)/bin/mergekit-yaml $(VLLM_STAMP)  # score_engines.py runs in .venv-vllm
 	$(BIN)/python benchmarks/run_all.py
+
+# Wheels that the GPU machine's image (Python 3.12, torch, transformers, peft) lacks, at the versions
+# installed here, for benchmarks/gpu_check.sh (the device tool carries .whl/).
+GPU_WHEELS := datasets evaluate optuna cmaes pydantic pydantic_core annotated-types typing-inspection \
+  alembic SQLAlchemy Mako colorlog dill multiprocess
+
+gpu-wheels: install
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $$($(BIN)/python -c "import importlib.metadata as m; \
+	  print(' '.join(f'{n}=={m.version(n)}' for n in '$(GPU_WHEELS)'.split()))")
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_LOG) build dist *.egg-info .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ merged blocks cast straight into them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -173,23 +174,22 @@ class _ReadAhead(threading.Thread):
             return not self._stopped and index >= self._reached
 
     def run(self) -> None:
-        fds: dict[Path, int] = {}
         try:
             for index, ranges in enumerate(self._tensors):
                 if not self._wait_for_room(index):
                     if self._stopped:
                         return
                     continue
-                for file, offset, length in ranges:
-                    fd = fds.get(file)
-                    if fd is None:
-                        fd = fds[file] = os.open(file, os.O_RDONLY)
-                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+                for file, group in itertools.groupby(ranges, key=lambda r: r[0]):
+                    # one descriptor at a time: a pool of many shards keeps its own open already
+                    fd = os.open(file, os.O_RDONLY)
+                    try:
+                        for _, offset, length in group:
+                            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+                    finally:
+                        os.close(fd)
         except OSError as err:  # a hint only
             logger.debug("reading ahead stopped: %s", err)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
 
 
 class StreamingMerger:
