@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 14's GPU checks in one run, for a machine with a CUDA GPU and a short lease (about 7 minutes
-# on one H200 with 16 cores). With the device tool, from the repository root:
+# Issue 14's GPU checks in one run, for a machine with a CUDA GPU and a short lease (its rehearsal
+# on the CPU, GPU_CHECK_DEVICE=cpu, takes 2 minutes on 2 cores). With the device tool, from the
+# repository root:
 #
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
 #
