@@ -425,7 +425,7 @@ class LoraSource(TensorSource):
         return LowRankForm(self.base, u, v)
 
     def file_ranges(self, key: str) -> list[tuple[Path, int, int]]:
-        """The base's bytes of ``key`` (the adapter's own tensors are small and kept once read)."""
+        """The base's bytes of ``key`` (the adapter's own tensors are small: not hinted)."""
         return [] if key in self.replaced else self.base.file_ranges(key)
 
     def low_rank_width(self, key: str) -> int:
