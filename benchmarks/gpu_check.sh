@@ -47,7 +47,7 @@ step() {
   "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 } | tee "$out/machine.txt"
 
-step tests 240 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py \
+step tests 240 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   tests/merge/test_merge_engine.py tests/merge/test_read_ahead.py tests/search/test_streamed.py \
   tests/search/test_host_tier.py
 step candidate_materialize 120 "$python" benchmarks/candidate_materialize.py --device "$device"
