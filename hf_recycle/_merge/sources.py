@@ -314,10 +314,7 @@ class SafetensorsSource(TensorSource):
 
     def file_ranges(self, key: str) -> list[tuple[Path, int, int]]:
         loc = self._location(key)
-        numel = 1
-        for dim in loc.shape:
-            numel *= dim
-        return [(self.files[loc.file_index], loc.offset, numel * loc.dtype.itemsize)]
+        return [(self.files[loc.file_index], loc.offset, self.nbytes(key))]
 
     def read_into(self, key: str, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         loc = self._location(key)
