@@ -26,14 +26,18 @@ The floor of a trial is the plan's ``bytes_per_trial`` (``MemoryPlan``: the stac
 the resident tiers, the input files for the disk tier) divided by the bandwidth of that
 source, measured in the same child right before each timed trial (the median of those;
 the machine is shared, so a bandwidth measured minutes apart would not match): memory
-(bytes per second of a 512 MB float32 ``Tensor.copy_``, on the GPU for the GPU ``device``
-tier), page-cache read and cold read (a sequential ``readinto`` of the pool's files, 64 MB
+(the ``device`` tier: bytes per second of a read-only pass, ``Tensor.sum``, over 512 MB of
+float32, on the GPU for the GPU ``device`` tier, since a trial reads its stacks and writes an
+eighth as much; the ``host`` tier: a 512 MB float32 ``Tensor.copy_``), page-cache read and cold read (a sequential ``readinto`` of the pool's files, 64 MB
 at a time, once cached / after the drop). The parent also measures them once up front
 (``bandwidths`` in the JSON). Target: time / floor <= 1.5 per tier. For the LoRA pool the
 adapters' ΔW products are a compute floor too (their FLOPs over the best float32 ``torch.mm``
 rate of the factors' shape measured up front), and the floor is the larger of the two:
 neither the bytes nor the products can go faster. One extra ``set_weights`` runs under
-``torch.profiler`` to show which operators take the time.
+``torch.profiler`` to show which operators take the time. Where the plan compiles the
+weighted sum (``MemoryPlan.compiled_sum``: the full pool's ``device`` tier on the CPU), the
+table says so and gives the first trial's time, which includes compiling;
+``HF_RECYCLE_COMPILE=0`` runs everything eagerly, for comparison.
 
 Peak RSS (``VmHWM`` of a fresh child process, interpreter and torch included): the
 single-model ``score`` of the base on a tiny loglikelihood task, and a short real
@@ -191,6 +195,26 @@ def memory_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
     return nbytes / statistics.median(times[1:])
 
 
+def read_bandwidth(device: str, nbytes: int = 1 << 29) -> float:
+    """Bytes per second of a read-only pass (``Tensor.sum``) over ``nbytes`` float32 on ``device`` (median of 5).
+
+    A trial of the ``device`` tier reads its stacks and writes only the live model (an
+    eighth as many bytes for 8 checkpoints): its floor is the read rate, which a ``copy_``
+    (reading and writing as many bytes) understates by about half.
+    """
+    import torch
+
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    times = []
+    for _ in range(6):
+        sync(device)
+        start = time.perf_counter()
+        src.sum()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return nbytes / statistics.median(times[1:])
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -238,7 +262,12 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
         if plan.tier == "disk":
             model = StreamedModel(inputs.checkpoints, keep_factors=plan.keep_factors, **args)
         else:
-            model = ResidentModel(inputs.checkpoints, resident_device=plan.resident_device, **args)
+            model = ResidentModel(
+                inputs.checkpoints,
+                resident_device=plan.resident_device,
+                compiled_sum=plan.compiled_sum,
+                **args,
+            )
         build_s = time.perf_counter() - start
         rng = np.random.default_rng(0)
         k = len(checkpoints)
@@ -254,7 +283,7 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
             cpu.append(time.process_time() - c0)
             return time.perf_counter() - t0
 
-        trial()  # warm-up (and, for the disk tier, the files into the page cache)
+        first_s = trial()  # warm-up: the files into the page cache (disk), compiling the sum (compiled_sum)
         times, drops, read, paired = [], set(), [], []
         for _ in range(trials):
             paired.append(source_bandwidth(tier, device, files, drops))
@@ -278,6 +307,8 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
             "resident_bytes": model.resident_bytes,
             "live_bytes": model.live_bytes,
             "build_s": round(build_s, 3),
+            "compiled_sum": plan.compiled_sum,
+            "first_s": round(first_s, 3),
             "times_s": [round(t, 4) for t in times],
             "median_s": statistics.median(times),
             "cpu_s": [round(t, 4) for t in cpu[1 : trials + 1]],
@@ -294,7 +325,7 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
 def source_bandwidth(tier: str, device: str, files: list[Path], drops: set[str]) -> float:
     """The floor's bandwidth (bytes/s), measured right before a timed trial."""
     if tier == "device":
-        return memory_bandwidth(device, 1 << 29)
+        return read_bandwidth(device, 1 << 29)
     if tier == "host":
         return memory_bandwidth("cpu", 1 << 29)
     if tier == "disk-cold":
@@ -443,8 +474,10 @@ def floor_for(case: dict, bw: dict) -> tuple[str, float]:
     if case["tier"] == "disk-cold":
         return "cold disk", bw[case["pool"]]["cold"]
     if case["tier"] == "device" and str(case["device"]).startswith("cuda"):
-        return "GPU memory", bw["memory_cuda"]
-    return "host memory", bw["memory_cpu"]
+        return "GPU memory read", bw["memory_read_cuda"]
+    if case["tier"] == "device":
+        return "host memory read", bw["memory_read_cpu"]
+    return "host memory copy", bw["memory_cpu"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,9 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoints ready ({built}; {time.perf_counter() - start:.0f} s here)", flush=True)
 
     pools = [p for p in ("full", "lora") if p in args.pools.split(",")]
-    bw: dict[str, object] = {"memory_cpu": memory_bandwidth("cpu")}
+    bw: dict[str, object] = {"memory_cpu": memory_bandwidth("cpu"), "memory_read_cpu": read_bandwidth("cpu")}
     if device == "cuda":
         bw["memory_cuda"] = memory_bandwidth("cuda")
+        bw["memory_read_cuda"] = read_bandwidth("cuda")
     bw["matmul_flops"] = matmul_rate(device)
     for pool in pools:
         bw[pool] = file_bandwidths(weight_files(*pool_inputs(layout, pool)))
@@ -553,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
     for c in timings:
         compute = f"{c['compute_floor_s']:.3f}" if "compute_floor_s" in c else ""
+        tier = c["tier"] + (f" (compiled sum; first trial {c['first_s']:.1f} s)" if c["compiled_sum"] else "")
         print(
-            f"| {c['pool']}-{c['k']} | {c['tier']} | {_mb(c['bytes_per_trial'])} | {c['median_s']:.3f} "
+            f"| {c['pool']}-{c['k']} | {tier} | {_mb(c['bytes_per_trial'])} | {c['median_s']:.3f} "
             f"| {c['floor_source']} | {c['floor_bw'] / 1e9:.2f} | {c['bytes_floor_s']:.3f} | {compute} "
             f"| {c['floor_s']:.3f} | {c['ratio']:.2f} | {'met' if c['met'] else 'MISSED'} |"
         )

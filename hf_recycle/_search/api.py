@@ -353,11 +353,16 @@ def search(
         )
         if memory.tier == "disk":
             resident: Any = StreamedModel(
-                setup.inputs.checkpoints, keep_factors=memory.keep_factors, **model_args
+                setup.inputs.checkpoints,
+                keep_factors=memory.keep_factors,
+                **model_args,
             )
         else:
             resident = ResidentModel(
-                setup.inputs.checkpoints, resident_device=memory.resident_device, **model_args
+                setup.inputs.checkpoints,
+                resident_device=memory.resident_device,
+                compiled_sum=memory.compiled_sum,
+                **model_args,
             )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         lock = StudyLock.for_storage(setup.storage_url, setup.study_name)

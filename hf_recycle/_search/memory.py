@@ -187,6 +187,9 @@ class MemoryNeeds:
             trials when they fit (the resident tiers count them in ``stack_bytes``).
         factor_read: Bytes of the adapter files, part of ``stream_read`` (not re-read per
             trial when the disk tier keeps the factors).
+        sum_bytes: Bytes of bfloat16/float16 rows a linear candidate's weighted sums read per
+            trial (tensors of two rows or more), which decide whether the sum is compiled
+            (see :mod:`~hf_recycle._merge.fused`).
     """
 
     rows: int
@@ -200,6 +203,7 @@ class MemoryNeeds:
     live_itemsize: int = 4
     factor_bytes: int = 0
     factor_read: int = 0
+    sum_bytes: int = 0
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -289,6 +293,11 @@ def estimate_needs(
         )
     else:
         stacks = sum(len(rows) * numels[k] * _store_dtype(rows, k).itemsize for k in keys)
+    low = (torch.bfloat16, torch.float16)
+    summed = [s for s in rows if not isinstance(s, LoraSource)]  # an adapter's base is one row
+    sum_bytes = 0
+    if merge_method.linear_in_delta and len(summed) > 1:
+        sum_bytes = sum(s.nbytes(k) for s in summed for k in keys if s.dtype(k) in low)
     resident_buffers = max_numel * 4 * (1 if merge_method.linear_in_delta else len(rows) + 2)
     # disk tier: each engine worker holds its inputs' blocks, their float32 merge and the cast output
     device = torch.device(device_type)
@@ -325,6 +334,7 @@ def estimate_needs(
         live_dtype.itemsize,
         factor_bytes,
         factor_read if merge_method.weighted_sum else 0,
+        sum_bytes,
     )
 
 
@@ -348,6 +358,9 @@ class MemoryPlan:
             checkpoint files (disk).
         keep_factors: The disk tier keeps the LoRA adapters' factors across trials (they fit
             next to it), so a trial reads only the base's tensors and the full checkpoints.
+        compiled_sum: The candidates' weighted sums are compiled (``torch.compile``, CPU
+            only): they read enough low-precision rows per trial for compiling to pay (see
+            :mod:`~hf_recycle._merge.fused`), or ``HF_RECYCLE_COMPILE`` says so.
     """
 
     tier: str
@@ -360,6 +373,7 @@ class MemoryPlan:
     fits: bool
     bytes_per_trial: int
     keep_factors: bool = False
+    compiled_sum: bool = False
 
     @property
     def resident_device(self) -> str | None:
@@ -390,6 +404,14 @@ class MemoryPlan:
             lines.append(f"  GPU free: {_gb(self.gpu_free)}")
         source = "the checkpoint files (page cache)" if self.tier == "disk" else "the resident stacks"
         lines.append(f"  each trial reads {_gb(self.bytes_per_trial)} from {source}")
+        if cpu and n.sum_bytes and self.tier != "disk":
+            from hf_recycle._merge.fused import COMPILE_ENV, COMPILE_MIN_BYTES
+
+            how = "compiled (torch.compile)" if self.compiled_sum else "eager"
+            lines.append(
+                f"  weighted sums: {how}, over {_gb(n.sum_bytes)} of bfloat16/float16 rows per trial "
+                f"({COMPILE_ENV}: auto compiles from {_gb(COMPILE_MIN_BYTES)}, 1 always, 0 never)"
+            )
         lines.append("  each search worker on this host builds its own copy: divide the memory among them")
         return "\n".join(lines)
 
@@ -442,8 +464,10 @@ def plan_memory(
         SearchMemoryError: No tier fits, not even the live model with the smallest tier's buffers.
         MergeConfigError: ``resident`` is not a tier.
     """
+    from hf_recycle._merge.fused import wanted as fused_wanted
     from hf_recycle.units import parse_size
 
+    fused_wanted(0)  # a bad HF_RECYCLE_COMPILE is an error before anything else
     if resident != "auto" and resident not in TIERS:
         raise MergeConfigError(f"search.resident must be auto, device, host or disk, got '{resident}'")
     on_gpu = device.startswith("cuda")
@@ -488,8 +512,19 @@ def plan_memory(
     per_trial = needs.stack_bytes
     if tier == "disk":
         per_trial = needs.stream_read - (needs.factor_read if keep_factors else 0)
+    compiled_sum = not on_gpu and tier != "disk" and needs.sum_bytes > 0 and fused_wanted(needs.sum_bytes)
     plan = MemoryPlan(
-        tier, device, needs, host, host_source, gpu_free, resident, fits(tier), per_trial, keep_factors
+        tier,
+        device,
+        needs,
+        host,
+        host_source,
+        gpu_free,
+        resident,
+        fits(tier),
+        per_trial,
+        keep_factors,
+        compiled_sum,
     )
     if not plan.fits:
         logger.warning(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hf_recycle._merge.fused import wanted as fused_wanted
 from hf_recycle._merge.methods import get_method
 from hf_recycle._search.host_tier import HOST_CHUNK_ELEMENTS, ChunkPipeline
 from hf_recycle._search.live import LiveModel, coefficients_sum_to_one
@@ -54,6 +55,8 @@ class ResidentModel(LiveModel):
         host_chunk: Elements per chunk of the host tier's copy pipeline. The pipeline is
             used when the stacks are not where the live model is (``resident_device`` CPU,
             live model on a GPU), or whenever this is given (tests run it on the CPU).
+        compiled_sum: Compile the weighted sums of low-precision stacks on the CPU (see
+            :mod:`~hf_recycle._merge.fused`); default: when they are big enough to pay for it.
 
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
@@ -67,6 +70,7 @@ class ResidentModel(LiveModel):
         resident_device: str | None = None,
         low_rank: bool = True,
         host_chunk: int | None = None,
+        compiled_sum: bool | None = None,
         **options: Any,
     ) -> None:
         import torch
@@ -106,6 +110,11 @@ class ResidentModel(LiveModel):
             widest = max((_rows_cols(p)[1] for p in kept), default=1)
             self._pipeline = ChunkPipeline(self.device, max(host_chunk or HOST_CHUNK_ELEMENTS, widest))
         self._workspace: Any = None
+        # one compiled pass per tensor for the weighted sums of big low-precision stacks on the CPU
+        if compiled_sum is None:
+            compiled_sum = fused_wanted(self._low_precision_bytes())
+        self._fused = self.resident_device.type == "cpu" and compiled_sum
+        logger.debug("resident model: compiled weighted sums %s", "on" if self._fused else "off")
 
     # --- construction -------------------------------------------------------------------
 
@@ -179,6 +188,8 @@ class ResidentModel(LiveModel):
             if u is not None:
                 param.view(u.shape[0], -1).addmm_(u, plan.v)
             return
+        if pipeline is None and self._fused and self._fused_sum(param, stack, mix_t, u, plan):
+            return
         rows, cols = _rows_cols(param)
         k = stack.shape[0]
         flat = stack.view(k, rows, cols)
@@ -205,6 +216,33 @@ class ResidentModel(LiveModel):
                     dest[r0:r1].view(-1), acc if to_pipeline else pipeline.buffer(param.dtype, n).copy_(acc)
                 )
 
+    def _fused_sum(
+        self,
+        param: torch.Tensor,
+        stack: torch.Tensor,
+        mix_t: torch.Tensor,
+        u: torch.Tensor | None,
+        plan: TensorPlan,
+    ) -> bool:
+        """The weighted sum as one compiled pass over the whole tensor (see :mod:`~hf_recycle._merge.fused`).
+
+        Into the parameter itself, or, when adapters' deltas are to be added, into the float32
+        buffer first. ``False`` where the compiled sum does not apply (the caller sums eagerly).
+        """
+        from hf_recycle._merge import fused
+
+        k = stack.shape[0]
+        flat = stack.view(k, -1)
+        direct = u is None and param.is_contiguous()
+        target = param.view(-1) if direct else self._buffer[: param.numel()]
+        if not fused.weighted_sum(target, [flat[i] for i in range(k)], mix_t):
+            return False
+        if not direct:
+            if u is not None:
+                target.view(u.shape[0], -1).addmm_(u, plan.v)
+            param.copy_(target.view(param.shape))
+        return True
+
     def _set_with_method(self, w: np.ndarray, density: float | None) -> None:
         """TIES/DARE need every row's dense tensor: adapters' ΔW is built per tensor, then dropped."""
         from hf_recycle._merge.methods import Workspace
@@ -223,6 +261,17 @@ class ResidentModel(LiveModel):
             method.combine(tensors, row, base, params, name, out=out, workspace=self._workspace)
             del tensors
             param.copy_(out)
+
+    def _low_precision_bytes(self) -> int:
+        """Bytes of bfloat16/float16 stacks a linear candidate sums (what compiling the sum speeds up)."""
+        import torch
+
+        low = (torch.bfloat16, torch.float16)
+        return sum(
+            plan.stack.nbytes
+            for plan in self._plans
+            if plan is not None and plan.stack is not None and plan.stack.dtype in low and len(plan.stack) > 1
+        )
 
     @property
     def stacked(self) -> list[str]:
