@@ -3,7 +3,7 @@
 A linear candidate is Σ cᵢ·xᵢ over K bfloat16 (or float16) copies of each tensor, summed in
 float32. Eager torch needs a pass per row (convert row i, add it into float32 partial sums),
 each reading and writing the partial sums again: on a 2-core CPU 52-58 ms per GB of rows,
-where one read of the rows takes about 25. ``torch.compile`` (inductor) turns the sum into
+where one read of the rows takes about 20. ``torch.compile`` (inductor) turns the sum into
 one loop that reads each row element once and keeps the sum in registers: 23-25 ms per GB,
 the same results within one rounding step of the output dtype (the order of the float32
 additions differs; see ``benchmarks/RESULTS.md``).
