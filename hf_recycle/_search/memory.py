@@ -404,7 +404,7 @@ class MemoryPlan:
             lines.append(f"  GPU free: {_gb(self.gpu_free)}")
         source = "the checkpoint files (page cache)" if self.tier == "disk" else "the resident stacks"
         lines.append(f"  each trial reads {_gb(self.bytes_per_trial)} from {source}")
-        if cpu and n.sum_bytes and self.tier != "disk":
+        if n.sum_bytes and (self.tier == "host" if not cpu else self.tier != "disk"):
             from hf_recycle._merge.fused import COMPILE_ENV, COMPILE_MIN_BYTES
 
             how = "compiled (torch.compile)" if self.compiled_sum else "eager"
@@ -512,7 +512,9 @@ def plan_memory(
     per_trial = needs.stack_bytes
     if tier == "disk":
         per_trial = needs.stream_read - (needs.factor_read if keep_factors else 0)
-    compiled_sum = not on_gpu and tier != "disk" and needs.sum_bytes > 0 and fused_wanted(needs.sum_bytes)
+    # the resident model's sums on the CPU: the device tier of a CPU run, the host tier's chunks
+    sums_on_cpu = tier == "host" if on_gpu else tier != "disk"
+    compiled_sum = sums_on_cpu and needs.sum_bytes > 0 and fused_wanted(needs.sum_bytes)
     plan = MemoryPlan(
         tier,
         device,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hf_recycle._merge.fused import wanted as fused_wanted
+from hf_recycle._merge import fused
 from hf_recycle._merge.methods import get_method
 from hf_recycle._search.host_tier import HOST_CHUNK_ELEMENTS, ChunkPipeline
 from hf_recycle._search.live import LiveModel, coefficients_sum_to_one
@@ -112,7 +112,7 @@ class ResidentModel(LiveModel):
         self._workspace: Any = None
         # one compiled pass per tensor for the weighted sums of big low-precision stacks on the CPU
         if compiled_sum is None:
-            compiled_sum = fused_wanted(self._low_precision_bytes())
+            compiled_sum = fused.wanted(self._low_precision_bytes())
         self._fused = self.resident_device.type == "cpu" and compiled_sum
         logger.debug("resident model: compiled weighted sums %s", "on" if self._fused else "off")
 
@@ -189,7 +189,7 @@ class ResidentModel(LiveModel):
                 param.view(u.shape[0], -1).addmm_(u, plan.v)
             return
         if pipeline is None and self._fused and self._fused_sum(param, stack, mix_t, u, plan):
-            return
+            return  # one compiled pass over the whole tensor; the host tier's chunks use it below
         rows, cols = _rows_cols(param)
         k = stack.shape[0]
         flat = stack.view(k, rows, cols)
@@ -205,8 +205,15 @@ class ResidentModel(LiveModel):
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             n = (r1 - r0) * cols
+            block = flat[:, r0:r1].reshape(k, n)
+            if pipeline is not None and self._fused and u is None and not to_pipeline:
+                out = pipeline.buffer(param.dtype, n)  # summed and cast in one pass, then sent
+                if fused.weighted_sum(out, [block[i] for i in range(k)], mix_t):
+                    pipeline.send(dest[r0:r1].view(-1), out)
+                    continue
             acc = pipeline.buffer(torch.float32, n) if to_pipeline else self._buffer[:n]
-            _accumulate(acc, flat[:, r0:r1].reshape(k, n), mix, mix_t)
+            if not (self._fused and fused.weighted_sum(acc, [block[i] for i in range(k)], mix_t)):
+                _accumulate(acc, block, mix, mix_t)
             if u is not None:
                 acc.view(r1 - r0, cols).addmm_(u[r0:r1], plan.v)
             if pipeline is None:
@@ -229,8 +236,6 @@ class ResidentModel(LiveModel):
         Into the parameter itself, or, when adapters' deltas are to be added, into the float32
         buffer first. ``False`` where the compiled sum does not apply (the caller sums eagerly).
         """
-        from hf_recycle._merge import fused
-
         k = stack.shape[0]
         flat = stack.view(k, -1)
         direct = u is None and param.is_contiguous()

@@ -135,15 +135,18 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(pool, monkeypatch,
 
 
 @pytest.mark.parametrize(
-    ("method", "kwargs", "with_adapter"),
+    ("method", "kwargs", "with_adapter", "host_chunk"),
     [
-        ("linear", {}, False),
-        ("linear", {"normalize": False}, False),
-        ("task_arithmetic", {"lambda_": 0.8}, False),
-        ("linear", {}, True),  # an adapter's deltas: the sum goes through the float32 buffer
+        ("linear", {}, False, None),
+        ("linear", {"normalize": False}, False, None),
+        ("task_arithmetic", {"lambda_": 0.8}, False, None),
+        ("linear", {}, True, None),  # an adapter's deltas: the sum goes through the float32 buffer
+        # the host tier's chunks (its copy pipeline runs on the CPU when a chunk size is given)
+        ("linear", {}, False, 4096 + 64),
+        ("linear", {}, True, 8192),
     ],
 )
-def test_resident_candidates_equal_the_eager_ones(pool, spy, method, kwargs, with_adapter):
+def test_resident_candidates_equal_the_eager_ones(pool, spy, method, kwargs, with_adapter, host_chunk):
     base, ckpts, adapter = pool
     paths = [str(ckpts[0]), str(adapter), str(ckpts[1])] if with_adapter else [str(p) for p in ckpts]
     made = []
@@ -156,6 +159,7 @@ def test_resident_candidates_equal_the_eager_ones(pool, spy, method, kwargs, wit
                 method=method,
                 device="cpu",
                 compiled_sum=compiled,
+                host_chunk=host_chunk,
                 **kwargs,
             )
         )
@@ -215,6 +219,10 @@ def test_plan_says_when_the_sum_is_compiled(pool, monkeypatch):
     forced = plan()
     assert forced.compiled_sum and "weighted sums: compiled (torch.compile)" in forced.describe()
     assert not plan(resident="disk").compiled_sum  # the disk tier sums in the merge engine, eagerly
+    # with a GPU: the host tier's chunks are summed on the CPU, the device tier's stacks on the GPU
+    on_gpu = dict(method="linear", device="cuda", memory_limit="10GB")
+    assert plan_memory(sources, None, resident="host", gpu_free=10**10, **on_gpu).compiled_sum
+    assert not plan_memory(sources, None, resident="device", gpu_free=10**10, **on_gpu).compiled_sum
     ties = plan_memory(
         sources, SafetensorsSource(base), method="ties", density=0.5, device="cpu", memory_limit="10GB"
     )
