@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 #: The environment variable that overrides when the weighted sum is compiled.
 COMPILE_ENV = "HF_RECYCLE_COMPILE"
 #: Bytes of low-precision rows summed per trial from which a search compiles the sum.
-COMPILE_MIN_BYTES = 4 << 30
+COMPILE_MIN_BYTES = 4 * 10**9
 #: Shorter rows are summed eagerly (the compiled call's overhead, ~20 µs, would dominate).
 MIN_ELEMENTS = 1 << 12
 
