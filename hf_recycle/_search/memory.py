@@ -404,7 +404,7 @@ class MemoryPlan:
             lines.append(f"  GPU free: {_gb(self.gpu_free)}")
         source = "the checkpoint files (page cache)" if self.tier == "disk" else "the resident stacks"
         lines.append(f"  each trial reads {_gb(self.bytes_per_trial)} from {source}")
-        if n.sum_bytes and (self.tier == "host" if not cpu else self.tier != "disk"):
+        if n.sum_bytes and _sums_on_cpu(self.tier, not cpu):
             from hf_recycle._merge.fused import COMPILE_ENV, COMPILE_MIN_BYTES
 
             how = "compiled (torch.compile)" if self.compiled_sum else "eager"
@@ -414,6 +414,12 @@ class MemoryPlan:
             )
         lines.append("  each search worker on this host builds its own copy: divide the memory among them")
         return "\n".join(lines)
+
+
+def _sums_on_cpu(tier: str, on_gpu: bool) -> bool:
+    """Whether the resident model's weighted sums run on the CPU in ``tier``: the ``device`` tier of
+    a CPU run, the ``host`` tier's chunks (the ``disk`` tier sums in the merge engine)."""
+    return tier == "host" if on_gpu else tier != "disk"
 
 
 def _tier_costs(needs: MemoryNeeds, on_gpu: bool) -> dict[str, tuple[int, int]]:
@@ -462,7 +468,7 @@ def plan_memory(
 
     Raises:
         SearchMemoryError: No tier fits, not even the live model with the smallest tier's buffers.
-        MergeConfigError: ``resident`` is not a tier.
+        MergeConfigError: ``resident`` is not a tier, or ``HF_RECYCLE_COMPILE`` is not a setting.
     """
     from hf_recycle._merge.fused import wanted as fused_wanted
     from hf_recycle.units import parse_size
@@ -512,9 +518,7 @@ def plan_memory(
     per_trial = needs.stack_bytes
     if tier == "disk":
         per_trial = needs.stream_read - (needs.factor_read if keep_factors else 0)
-    # the resident model's sums on the CPU: the device tier of a CPU run, the host tier's chunks
-    sums_on_cpu = tier == "host" if on_gpu else tier != "disk"
-    compiled_sum = sums_on_cpu and needs.sum_bytes > 0 and fused_wanted(needs.sum_bytes)
+    compiled_sum = _sums_on_cpu(tier, on_gpu) and needs.sum_bytes > 0 and fused_wanted(needs.sum_bytes)
     plan = MemoryPlan(
         tier,
         device,
