@@ -353,9 +353,7 @@ def search(
         )
         if memory.tier == "disk":
             resident: Any = StreamedModel(
-                setup.inputs.checkpoints,
-                keep_factors=memory.keep_factors,
-                **model_args,
+                setup.inputs.checkpoints, keep_factors=memory.keep_factors, **model_args
             )
         else:
             resident = ResidentModel(

@@ -470,10 +470,11 @@ def plan_memory(
         SearchMemoryError: No tier fits, not even the live model with the smallest tier's buffers.
         MergeConfigError: ``resident`` is not a tier, or ``HF_RECYCLE_COMPILE`` is not a setting.
     """
+    from hf_recycle._merge.fused import compile_setting
     from hf_recycle._merge.fused import wanted as fused_wanted
     from hf_recycle.units import parse_size
 
-    fused_wanted(0)  # a bad HF_RECYCLE_COMPILE is an error before anything else
+    compile_setting()  # a bad HF_RECYCLE_COMPILE is an error before anything else
     if resident != "auto" and resident not in TIERS:
         raise MergeConfigError(f"search.resident must be auto, device, host or disk, got '{resident}'")
     on_gpu = device.startswith("cuda")

@@ -56,7 +56,8 @@ class ResidentModel(LiveModel):
             used when the stacks are not where the live model is (``resident_device`` CPU,
             live model on a GPU), or whenever this is given (tests run it on the CPU).
         compiled_sum: Compile the weighted sums of low-precision stacks on the CPU (see
-            :mod:`~hf_recycle._merge.fused`); default: when they are big enough to pay for it.
+            :mod:`~hf_recycle._merge.fused`); the search passes the memory plan's
+            :attr:`~hf_recycle._search.memory.MemoryPlan.compiled_sum`.
 
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
@@ -70,7 +71,7 @@ class ResidentModel(LiveModel):
         resident_device: str | None = None,
         low_rank: bool = True,
         host_chunk: int | None = None,
-        compiled_sum: bool | None = None,
+        compiled_sum: bool = False,
         **options: Any,
     ) -> None:
         import torch
@@ -111,8 +112,6 @@ class ResidentModel(LiveModel):
             self._pipeline = ChunkPipeline(self.device, max(host_chunk or HOST_CHUNK_ELEMENTS, widest))
         self._workspace: Any = None
         # one compiled pass per tensor for the weighted sums of big low-precision stacks on the CPU
-        if compiled_sum is None:
-            compiled_sum = fused.wanted(self._low_precision_bytes())
         self._fused = self.resident_device.type == "cpu" and compiled_sum
         logger.debug("resident model: compiled weighted sums %s", "on" if self._fused else "off")
 
@@ -189,7 +188,7 @@ class ResidentModel(LiveModel):
                 param.view(u.shape[0], -1).addmm_(u, plan.v)
             return
         if pipeline is None and self._fused and self._fused_sum(param, stack, mix_t, u, plan):
-            return  # one compiled pass over the whole tensor; the host tier's chunks use it below
+            return  # one compiled pass over the whole tensor
         rows, cols = _rows_cols(param)
         k = stack.shape[0]
         flat = stack.view(k, rows, cols)
@@ -202,17 +201,19 @@ class ResidentModel(LiveModel):
             block_elements = rows * cols
         step = max(1, block_elements // cols)
         to_pipeline = pipeline is not None and param.dtype == torch.float32
+        # the host tier's chunks (without a pipeline the whole tensor was offered above)
+        fused_chunks = self._fused and pipeline is not None
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             n = (r1 - r0) * cols
             block = flat[:, r0:r1].reshape(k, n)
-            if pipeline is not None and self._fused and u is None and not to_pipeline:
+            if fused_chunks and u is None and not to_pipeline:
                 out = pipeline.buffer(param.dtype, n)  # summed and cast in one pass, then sent
                 if fused.weighted_sum(out, [block[i] for i in range(k)], mix_t):
                     pipeline.send(dest[r0:r1].view(-1), out)
                     continue
             acc = pipeline.buffer(torch.float32, n) if to_pipeline else self._buffer[:n]
-            if not (self._fused and fused.weighted_sum(acc, [block[i] for i in range(k)], mix_t)):
+            if not (fused_chunks and fused.weighted_sum(acc, [block[i] for i in range(k)], mix_t)):
                 _accumulate(acc, block, mix, mix_t)
             if u is not None:
                 acc.view(r1 - r0, cols).addmm_(u[r0:r1], plan.v)
@@ -266,17 +267,6 @@ class ResidentModel(LiveModel):
             method.combine(tensors, row, base, params, name, out=out, workspace=self._workspace)
             del tensors
             param.copy_(out)
-
-    def _low_precision_bytes(self) -> int:
-        """Bytes of bfloat16/float16 stacks a linear candidate sums (what compiling the sum speeds up)."""
-        import torch
-
-        low = (torch.bfloat16, torch.float16)
-        return sum(
-            plan.stack.nbytes
-            for plan in self._plans
-            if plan is not None and plan.stack is not None and plan.stack.dtype in low and len(plan.stack) > 1
-        )
 
     @property
     def stacked(self) -> list[str]:
