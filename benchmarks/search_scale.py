@@ -34,9 +34,9 @@ at a time, once cached / after the drop). The parent also measures them once up 
 adapters' ΔW products are a compute floor too (their FLOPs over the best float32 ``torch.mm``
 rate of the factors' shape measured up front), and the floor is the larger of the two:
 neither the bytes nor the products can go faster. One extra ``set_weights`` runs under
-``torch.profiler`` to show which operators take the time. Where the plan compiles the
-weighted sum (``MemoryPlan.compiled_sum``: the full pool's ``device`` tier on the CPU), the
-table says so and gives the first trial's time, which includes compiling;
+``torch.profiler`` to show which operators take the time. Where the plan sums with the
+native kernel (``MemoryPlan.compiled_sum``: the full pool's tiers on the CPU), the table
+says so and gives the first trial's time, which includes compiling it;
 ``HF_RECYCLE_COMPILE=0`` runs everything eagerly, for comparison.
 
 Peak RSS (``VmHWM`` of a fresh child process, interpreter and torch included): the
@@ -260,7 +260,9 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
         args = dict(base=inputs.base, method="linear", dtype="bfloat16", device=device)
         start = time.perf_counter()
         if plan.tier == "disk":
-            model = StreamedModel(inputs.checkpoints, keep_factors=plan.keep_factors, **args)
+            model = StreamedModel(
+                inputs.checkpoints, keep_factors=plan.keep_factors, compiled_sum=plan.compiled_sum, **args
+            )
         else:
             model = ResidentModel(
                 inputs.checkpoints,
@@ -283,7 +285,7 @@ def time_case(size: str, pool: str, tier: str, device: str, trials: int) -> dict
             cpu.append(time.process_time() - c0)
             return time.perf_counter() - t0
 
-        first_s = trial()  # warm-up: the files into the page cache (disk), compiling the sum (compiled_sum)
+        first_s = trial()  # warm-up: the files into the page cache (disk), compiling the native sum
         times, drops, read, paired = [], set(), [], []
         for _ in range(trials):
             paired.append(source_bandwidth(tier, device, files, drops))
@@ -587,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
     for c in timings:
         compute = f"{c['compute_floor_s']:.3f}" if "compute_floor_s" in c else ""
-        tier = c["tier"] + (f" (compiled sum; first trial {c['first_s']:.1f} s)" if c["compiled_sum"] else "")
+        tier = c["tier"] + (f" (native sum; first trial {c['first_s']:.1f} s)" if c["compiled_sum"] else "")
         print(
             f"| {c['pool']}-{c['k']} | {tier} | {_mb(c['bytes_per_trial'])} | {c['median_s']:.3f} "
             f"| {c['floor_source']} | {c['floor_bw'] / 1e9:.2f} | {c['bytes_floor_s']:.3f} | {compute} "

@@ -94,24 +94,23 @@ def test_cuda_candidates_equal_cpu_in_every_tier(llama_pool, tmp_path, pool):
             _close(g, w, f"{pool} {tier}")
 
 
-def test_cuda_host_tier_with_the_compiled_sum(llama_pool_bf16, monkeypatch):
-    """The host tier's chunks summed by the compiled kernel on the CPU, then sent to the GPU."""
+def test_cuda_host_tier_with_the_native_sum(llama_pool_bf16, monkeypatch):
+    """The host tier's chunks summed by the native kernel on the CPU, then sent to the GPU."""
     from hf_recycle._merge import fused
 
     _, ckpts = llama_pool_bf16
-    probe = [torch.ones(fused.MIN_ELEMENTS, dtype=torch.bfloat16)] * 2
-    if not fused.weighted_sum(torch.empty(fused.MIN_ELEMENTS), probe, torch.ones(2)):
-        pytest.skip("torch.compile does not build on this machine (no C++ compiler?): see the warning")
-    calls: list[bool] = []
+    if not fused.available():
+        pytest.skip("the native sum does not build on this machine (no C compiler?): see the warning")
+    calls: list[int | None] = []
     real = fused.weighted_sum
-    monkeypatch.setattr(fused, "weighted_sum", lambda *a: calls.append(real(*a)) or calls[-1])
+    monkeypatch.setattr(fused, "weighted_sum", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
 
     def make_inputs():
         return [SafetensorsSource(p) for p in ckpts], None
 
     _, want = _candidates(ResidentModel, make_inputs, device="cpu", compiled_sum=False)
     model, got = _candidates(ResidentModel, make_inputs, device=GPU, resident_device="cpu", compiled_sum=True)
-    assert any(calls), "the compiled sum did not run"
-    for g, w in zip(got, want, strict=True):  # one bfloat16 step apart where float32 sums round differently
+    assert any(c is not None for c in calls), "the native sum did not run"
+    for g, w in zip(got, want, strict=True):  # the eager arithmetic, bit for bit
         for key, tensor in w.items():
-            torch.testing.assert_close(g[key].float(), tensor.float(), rtol=2.0**-7, atol=1e-7, msg=key)
+            assert torch.equal(g[key].cpu(), tensor), key

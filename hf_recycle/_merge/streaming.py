@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import torch
 
+from hf_recycle._merge import fused
 from hf_recycle._merge.compat import align_tied_heads, check_compatible
 from hf_recycle._merge.methods import GroupWeights, MergeMethod, MethodParams, TensorStats, Workspace
 from hf_recycle._merge.sources import LowRankForm, TensorSource
@@ -209,6 +210,9 @@ class StreamingMerger:
         low_rank_cache: A dict kept by the caller across merges of the same inputs (the
             search's disk tier, one merge per trial): each adapter's float32 factors are read
             from its file and converted once, then taken from it (``None``: read every time).
+        compiled_sum: Sum bfloat16/float16 blocks of a method linear in its inputs with the
+            native kernel (:mod:`~hf_recycle._merge.fused`; CPU only). ``None``: when the merge
+            sums enough such bytes for compiling it to pay (5 GB; ``HF_RECYCLE_COMPILE`` overrides).
 
     Raises:
         IncompatibleCheckpointsError: Different architectures or tensor names.
@@ -230,6 +234,7 @@ class StreamingMerger:
         block_elements: int | None = None,
         workers: int | None = None,
         low_rank_cache: dict[tuple[str, int], LowRankForm | None] | None = None,
+        compiled_sum: bool | None = None,
     ) -> None:
         self.method = method
         self.low_rank_cache = low_rank_cache
@@ -269,6 +274,18 @@ class StreamingMerger:
         self._blocks_left: Counter[str] = Counter()
         self._plan_lock = threading.Lock()
         self._stats_workspace = Workspace("cpu")
+        self.native = self._use_native(compiled_sum)
+
+    def _use_native(self, compiled_sum: bool | None) -> bool:
+        """Whether blocks are summed by the native kernel (compiled here, before any worker starts)."""
+        if self.device.type != "cpu" or not self.method.linear_in_delta:
+            return False
+        if compiled_sum is None:
+            low = (torch.bfloat16, torch.float16)
+            keys = [e.key for e in self.entries]
+            summed = sum(s.nbytes(k) for s in self._readers for k in keys if s.dtype(k) in low)
+            compiled_sum = fused.wanted(summed, fused.MERGE_COMPILE_MIN_BYTES)
+        return compiled_sum and fused.available()
 
     def weights_for(self, key: str) -> list[float]:
         """The weights (one per checkpoint) tensor ``key`` is merged with."""
@@ -418,23 +435,61 @@ class StreamingMerger:
         if self.device.type == "cuda":
             tensors = [t.to(self.device, non_blocking=True) for t in tensors]
             base = base.to(self.device, non_blocking=True) if base is not None else None
-        merged = self.method.combine(
-            tensors, plan.weights, base, self.params, key,
-            rows=rows, numel=entry.numel, stats=plan.stats,
-            out=worker.work.get("out", shape), workspace=worker.work,
-        )  # fmt: skip
-        if plan.u is not None and plan.v is not None:
-            u = plan.u if rows is None else plan.u[rows]
-            merged.view(u.shape[0], plan.v.shape[1]).addmm_(u, plan.v)
         row_start = 0 if rows is None else rows.start
         destination = getattr(sink, "destination", None)
         target = destination(key, row_start, shape[0] if shape else 0) if destination is not None else None
-        if target is not None and target.dtype == entry.dtype and tuple(target.shape) == shape:
+        if target is not None and (target.dtype != entry.dtype or tuple(target.shape) != shape):
+            target = None
+        low_rank = plan.u is not None and plan.v is not None
+        if self.native and not low_rank:  # summed and cast into the output in one pass
+            result = (
+                target if target is not None else worker.out.get(f"out:{entry.dtype}", shape, entry.dtype)
+            )
+            bad = self._native_sum(result, tensors, base, plan.weights)
+            if bad is not None:
+                if bad:
+                    _check_finite(result, key, self.method.name)  # raises, naming the tensor
+                if target is None:
+                    sink.write(key, result, row_start)
+                return
+        merged = worker.work.get("out", shape)
+        if not (self.native and self._native_sum(merged, tensors, base, plan.weights) is not None):
+            merged = self.method.combine(
+                tensors, plan.weights, base, self.params, key,
+                rows=rows, numel=entry.numel, stats=plan.stats, out=merged, workspace=worker.work,
+            )  # fmt: skip
+        if low_rank:
+            u = plan.u if rows is None else plan.u[rows]
+            merged.view(u.shape[0], plan.v.shape[1]).addmm_(u, plan.v)
+        if target is not None:
             _check_finite(target.copy_(merged), key, self.method.name)
             return
         result = worker.out.get(f"out:{entry.dtype}", shape, entry.dtype).copy_(merged)
         _check_finite(result, key, self.method.name)
         sink.write(key, result, row_start)
+
+    def _native_sum(
+        self, out: torch.Tensor, tensors: list[torch.Tensor], base: torch.Tensor | None, weights: list[float]
+    ) -> int | None:
+        """The block's weighted sum by the native kernel (:mod:`~hf_recycle._merge.fused`), into ``out``.
+
+        A weighted-sum method's own arithmetic (Σ wᵢxᵢ, then ÷ Σ wᵢ when normalizing: the same
+        bits as :meth:`~hf_recycle._merge.methods.MergeMethod.combine`), or a method linear in
+        the task vectors as Σ aᵢxᵢ + b·base. ``None`` (nothing written) where it does not apply
+        (float32 inputs, mixed dtypes); else 1 where ``out`` holds NaN or Inf, 0 where not.
+        """
+        if self.method.weighted_sum:  # the base, if read, is not part of the sum
+            total = float(sum(weights))
+            divisor = total if self.params.normalize and total != 1.0 else 1.0
+            rows, coefficients = tensors, list(weights)
+        elif base is not None:
+            a, b = self.method.linear_coefficients(weights, self.params)
+            rows, coefficients, divisor = [*tensors, base], [*a, b], 1.0
+        else:
+            return None
+        if not out.is_contiguous() or any(not t.is_contiguous() for t in rows):
+            return None
+        return fused.weighted_sum(out.view(-1), [t.view(-1) for t in rows], coefficients, divisor, threads=1)
 
     def _read(
         self,

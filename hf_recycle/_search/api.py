@@ -353,7 +353,10 @@ def search(
         )
         if memory.tier == "disk":
             resident: Any = StreamedModel(
-                setup.inputs.checkpoints, keep_factors=memory.keep_factors, **model_args
+                setup.inputs.checkpoints,
+                keep_factors=memory.keep_factors,
+                compiled_sum=memory.compiled_sum,
+                **model_args,
             )
         else:
             resident = ResidentModel(

@@ -358,7 +358,7 @@ class MemoryPlan:
             checkpoint files (disk).
         keep_factors: The disk tier keeps the LoRA adapters' factors across trials (they fit
             next to it), so a trial reads only the base's tensors and the full checkpoints.
-        compiled_sum: The candidates' weighted sums are compiled (``torch.compile``, CPU
+        compiled_sum: The candidates' weighted sums run in the native kernel (compiled C, CPU
             only): they read enough low-precision rows per trial for compiling to pay (see
             :mod:`~hf_recycle._merge.fused`), or ``HF_RECYCLE_COMPILE`` says so.
     """
@@ -407,7 +407,7 @@ class MemoryPlan:
         if n.sum_bytes and _sums_on_cpu(self.tier, not cpu):
             from hf_recycle._merge.fused import COMPILE_ENV, COMPILE_MIN_BYTES
 
-            how = "compiled (torch.compile)" if self.compiled_sum else "eager"
+            how = "native (compiled C)" if self.compiled_sum else "eager"
             lines.append(
                 f"  weighted sums: {how}, over {_gb(n.sum_bytes)} of bfloat16/float16 rows per trial "
                 f"({COMPILE_ENV}: auto compiles from {_gb(COMPILE_MIN_BYTES)}, 1 always, 0 never)"
@@ -417,9 +417,9 @@ class MemoryPlan:
 
 
 def _sums_on_cpu(tier: str, on_gpu: bool) -> bool:
-    """Whether the resident model's weighted sums run on the CPU in ``tier``: the ``device`` tier of
-    a CPU run, the ``host`` tier's chunks (the ``disk`` tier sums in the merge engine)."""
-    return tier == "host" if on_gpu else tier != "disk"
+    """Whether a candidate's weighted sums run on the CPU in ``tier``: every tier of a CPU run
+    (the ``disk`` tier's in the merge engine's workers), the ``host`` tier's chunks on a GPU."""
+    return not on_gpu or tier == "host"
 
 
 def _tier_costs(needs: MemoryNeeds, on_gpu: bool) -> dict[str, tuple[int, int]]:

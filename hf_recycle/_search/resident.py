@@ -55,7 +55,7 @@ class ResidentModel(LiveModel):
         host_chunk: Elements per chunk of the host tier's copy pipeline. The pipeline is
             used when the stacks are not where the live model is (``resident_device`` CPU,
             live model on a GPU), or whenever this is given (tests run it on the CPU).
-        compiled_sum: Compile the weighted sums of low-precision stacks on the CPU (see
+        compiled_sum: Sum low-precision stacks with the native kernel on the CPU (see
             :mod:`~hf_recycle._merge.fused`); the search passes the memory plan's
             :attr:`~hf_recycle._search.memory.MemoryPlan.compiled_sum`.
 
@@ -111,9 +111,9 @@ class ResidentModel(LiveModel):
             widest = max((_rows_cols(p)[1] for p in kept), default=1)
             self._pipeline = ChunkPipeline(self.device, max(host_chunk or HOST_CHUNK_ELEMENTS, widest))
         self._workspace: Any = None
-        # one compiled pass per tensor for the weighted sums of big low-precision stacks on the CPU
+        # one native pass per tensor for the weighted sums of big low-precision stacks on the CPU
         self._fused = self.resident_device.type == "cpu" and compiled_sum
-        logger.debug("resident model: compiled weighted sums %s", "on" if self._fused else "off")
+        logger.debug("resident model: native weighted sums %s", "on" if self._fused else "off")
 
     # --- construction -------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class ResidentModel(LiveModel):
                 param.view(u.shape[0], -1).addmm_(u, plan.v)
             return
         if pipeline is None and self._fused and self._fused_sum(param, stack, mix_t, u, plan):
-            return  # one compiled pass over the whole tensor
+            return  # one native pass over the whole tensor
         rows, cols = _rows_cols(param)
         k = stack.shape[0]
         flat = stack.view(k, rows, cols)
@@ -209,11 +209,12 @@ class ResidentModel(LiveModel):
             block = flat[:, r0:r1].reshape(k, n)
             if fused_chunks and u is None and not to_pipeline:
                 out = pipeline.buffer(param.dtype, n)  # summed and cast in one pass, then sent
-                if fused.weighted_sum(out, [block[i] for i in range(k)], mix_t):
+                if fused.weighted_sum(out, [block[i] for i in range(k)], mix_t) is not None:
                     pipeline.send(dest[r0:r1].view(-1), out)
                     continue
             acc = pipeline.buffer(torch.float32, n) if to_pipeline else self._buffer[:n]
-            if not (fused_chunks and fused.weighted_sum(acc, [block[i] for i in range(k)], mix_t)):
+            summed = fused_chunks and fused.weighted_sum(acc, [block[i] for i in range(k)], mix_t) is not None
+            if not summed:
                 _accumulate(acc, block, mix, mix_t)
             if u is not None:
                 acc.view(r1 - r0, cols).addmm_(u[r0:r1], plan.v)
@@ -232,16 +233,16 @@ class ResidentModel(LiveModel):
         u: torch.Tensor | None,
         plan: TensorPlan,
     ) -> bool:
-        """The weighted sum as one compiled pass over the whole tensor (see :mod:`~hf_recycle._merge.fused`).
+        """The weighted sum as one native pass over the whole tensor (see :mod:`~hf_recycle._merge.fused`).
 
         Into the parameter itself, or, when adapters' deltas are to be added, into the float32
-        buffer first. ``False`` where the compiled sum does not apply (the caller sums eagerly).
+        buffer first. ``False`` where the native sum does not apply (the caller sums eagerly).
         """
         k = stack.shape[0]
         flat = stack.view(k, -1)
         direct = u is None and param.is_contiguous()
         target = param.view(-1) if direct else self._buffer[: param.numel()]
-        if not fused.weighted_sum(target, [flat[i] for i in range(k)], mix_t):
+        if fused.weighted_sum(target, [flat[i] for i in range(k)], mix_t) is None:
             return False
         if not direct:
             if u is not None:

@@ -38,6 +38,9 @@ class StreamedModel(LiveModel):
         keep_factors: Keep the LoRA adapters' float32 factors after the first trial reads
             them (:attr:`~hf_recycle._search.memory.MemoryPlan.keep_factors` says whether
             they fit), instead of reading and converting them every trial.
+        compiled_sum: Sum low-precision blocks with the native kernel
+            (:attr:`~hf_recycle._search.memory.MemoryPlan.compiled_sum` decides; see
+            :mod:`~hf_recycle._merge.fused`).
 
     Attributes:
         model: The live ``transformers`` model; scorers run it directly.
@@ -46,9 +49,15 @@ class StreamedModel(LiveModel):
     """
 
     def __init__(
-        self, sources: Sequence[TensorSource], *, keep_factors: bool = False, **options: Any
+        self,
+        sources: Sequence[TensorSource],
+        *,
+        keep_factors: bool = False,
+        compiled_sum: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__(sources, **options)
+        self._compiled_sum = compiled_sum
         self._factors: dict[tuple[str, int], Any] | None = {} if keep_factors else None
         self._group_by_name = dict(zip(self.names, self._group, strict=True))
         self.sources = list(sources)
@@ -88,6 +97,7 @@ class StreamedModel(LiveModel):
             out_dtype=self.dtype,
             device=self.device,
             low_rank_cache=self._factors,
+            compiled_sum=self._compiled_sum,
         )
         with torch.no_grad():  # tensors no candidate changes are written by the first trial only
             merger.stream(self, keys=self._varying if self._written_once else None)
